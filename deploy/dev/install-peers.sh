@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the Debian packages that the tests and the demo talk to as real peers.
+# Only what is missing is installed, so a second run costs a few dpkg queries.
+set -euo pipefail
+
+want=(dovecot-imapd oathtool openssl openssh-client)
+missing=()
+for pkg in "${want[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install-peers: missing Debian packages: ${missing[*]}" >&2
+    echo "install-peers: run 'sudo apt-get install ${missing[*]}' or run make as root" >&2
+    exit 1
+fi
+echo "install-peers: apt-get install ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# The package starts the system Dovecot; roamgate runs its own private instance and
+# needs none listening on the standard ports.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet dovecot 2>/dev/null; then
+    systemctl stop dovecot || true
+fi

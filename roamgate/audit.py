@@ -1,0 +1,104 @@
+"""The audit trail: one writer puts each event in the store and appends it to a JSON-lines file."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from roamgate.store.base import AuditRecord, JsonValue, Store, StoreError
+
+log = logging.getLogger("roamgate.audit")
+
+# Detail keys that would carry a credential. The writer refuses them outright, so a future
+# caller cannot leak a secret into the trail by accident: the test suite would fail first.
+FORBIDDEN_DETAIL_KEYS = frozenset(
+    {"password", "passwd", "code", "otp", "secret", "token_secret", "backup_code", "passphrase"}
+)
+
+
+class Auditor:
+    """Writes audit events. The store is the record; the file is for log shippers and grep."""
+
+    def __init__(
+        self, store: Store, file: Path | None, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.store = store
+        self.file = file
+        self.clock = clock
+
+    async def record(
+        self,
+        kind: str,
+        result: str,
+        *,
+        user: str | None = None,
+        source: str | None = None,
+        door: str | None = None,
+        factor: str | None = None,
+        reason: str | None = None,
+        actor: str | None = None,
+        detail: Mapping[str, JsonValue] | None = None,
+    ) -> AuditRecord:
+        detail = dict(detail or {})
+        leaked = FORBIDDEN_DETAIL_KEYS.intersection(k.lower() for k in detail)
+        if leaked:
+            raise ValueError(f"audit detail must not carry credentials: {sorted(leaked)}")
+        record = AuditRecord(
+            ts=self.clock(),
+            kind=kind,
+            result=result,
+            user_name=user,
+            source=source,
+            door=door,
+            factor=factor,
+            reason=reason,
+            actor=actor,
+            detail=detail,
+        )
+        try:
+            record_id = await self.store.append_audit(record)
+        except StoreError as exc:
+            # The file line below still records the event; the operator sees why the
+            # store missed it. Losing the store must not hide who tried to log in.
+            log.error("audit event not stored: %s", exc)
+            record_id = None
+        stored = AuditRecord(**{**record.__dict__, "id": record_id})
+        self._append_line(stored)
+        return stored
+
+    def _append_line(self, record: AuditRecord) -> None:
+        if self.file is None:
+            return
+        line = json.dumps(to_json(record), sort_keys=True, ensure_ascii=False) + "\n"
+        try:
+            # O_APPEND with one write per line keeps lines whole when serve and the CLI
+            # append to the same file; 0600 because the trail names users and addresses.
+            fd = os.open(self.file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line.encode("utf-8"))
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.error("audit file %s not written: %s", self.file, exc.strerror)
+
+
+def to_json(record: AuditRecord) -> dict[str, JsonValue | dict[str, JsonValue]]:
+    """The JSON-lines shape of an event (also what `roamgate audit --json` prints)."""
+    return {
+        "id": record.id,
+        "ts": record.ts,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.ts)),
+        "kind": record.kind,
+        "result": record.result,
+        "user": record.user_name,
+        "source": record.source,
+        "door": record.door,
+        "factor": record.factor,
+        "reason": record.reason,
+        "actor": record.actor,
+        "detail": dict(record.detail),
+    }

@@ -1,0 +1,1 @@
+"""Sans-IO authentication policy: one-time passwords, backup codes, lockout, password hashing."""

@@ -1,0 +1,252 @@
+"""The gateway's configuration: roamgate.yaml bound onto frozen, typed dataclasses."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+from roamgate.yamlbind import PORT, ConfigError, ConfigIssue, Secret, int_range, load_yaml_into
+
+__all__ = ["Config", "ConfigError", "ConfigIssue", "Secret", "load_config"]
+
+DEFAULT_CONFIG_NAME = "roamgate.yaml"
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One front door's socket."""
+
+    port: int = field(metadata=PORT)
+    host: str = "127.0.0.1"
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Listeners:
+    """The front doors. A door left out of the file is not opened."""
+
+    ssh: Listener | None = None
+    imaps: Listener | None = None
+    imap: Listener | None = None
+    web: Listener | None = None
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """Certificate and key of the TLS doors, and the private CA that signed them."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+    ca_key_file: Path | None = None
+    client_certificates: Literal["none", "optional", "required"] = "none"
+
+
+@dataclass(frozen=True)
+class SshSettings:
+    """The SSH door's host keys."""
+
+    host_key_files: tuple[Path, ...]
+    login_timeout_seconds: int = field(default=60, metadata=int_range(5, 600))
+
+
+@dataclass(frozen=True)
+class UpstreamServer:
+    """A corporate server behind the gateway."""
+
+    host: str
+    port: int = field(metadata=PORT)
+    tls: Literal["implicit", "starttls", "none"] = "starttls"
+    ca_file: Path | None = None
+    timeout_seconds: int = field(default=15, metadata=int_range(1, 300))
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """The corporate mail servers."""
+
+    imap: UpstreamServer
+    smtp: UpstreamServer | None = None
+
+
+@dataclass(frozen=True)
+class OtpSettings:
+    """One-time password policy."""
+
+    digits: int = field(default=6, metadata=int_range(6, 8))
+    totp_period_seconds: int = field(default=30, metadata=int_range(15, 120))
+    totp_window_steps: int = field(default=1, metadata=int_range(0, 5))
+    hotp_look_ahead: int = field(default=10, metadata=int_range(0, 100))
+    hotp_resync_window: int = field(default=200, metadata=int_range(10, 10000))
+    drift_report_steps: int = field(default=20, metadata=int_range(0, 1000))
+    issuer: str = "roamgate"
+
+
+@dataclass(frozen=True)
+class Lockout:
+    """Throttling against guessing (NIST SP 800-63B 5.2.2)."""
+
+    user_threshold: int = field(default=10, metadata=int_range(1, 99))
+    user_lock_seconds: int = field(default=60, metadata=int_range(1, 86400))
+    user_lock_max_seconds: int = field(default=3600, metadata=int_range(1, 7 * 86400))
+    hard_lock_after: int = field(default=99, metadata=int_range(2, 99))
+    ip_threshold: int = field(default=20, metadata=int_range(1, 100000))
+    ip_lock_seconds: int = field(default=60, metadata=int_range(1, 86400))
+    ip_lock_max_seconds: int = field(default=3600, metadata=int_range(1, 7 * 86400))
+    ip_forget_seconds: int = field(default=3600, metadata=int_range(60, 30 * 86400))
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """How logins are checked."""
+
+    password_verifier: Literal["upstream", "local"] = "upstream"  # noqa: S105
+    otp: OtpSettings = field(default_factory=OtpSettings)
+    lockout: Lockout = field(default_factory=Lockout)
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """Where state lives: a SQLite file path (one node) or a postgresql:// URL (several nodes)."""
+
+    url: str = "roamgate.db"
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """The key that encrypts token secrets at rest (32 random bytes, base64)."""
+
+    key: Secret
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """The audit trail: kept in the store and appended to a JSON-lines file."""
+
+    file: Path = Path("audit.jsonl")
+    retention_days: int = field(default=400, metadata=int_range(1, 36500))
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    """Operational logs (never secrets)."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    file: Path | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole of roamgate.yaml."""
+
+    hostname: str
+    upstream: Upstream
+    secrets: Secrets
+    tls: TlsFiles
+    listeners: Listeners = field(default_factory=Listeners)
+    ssh: SshSettings | None = None
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    # Set by load_config, not read from the file.
+    path: Path = field(default=Path(DEFAULT_CONFIG_NAME), metadata={"internal": True})
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def store_url(self) -> str:
+        """The store URL with a relative SQLite path resolved against the config's directory."""
+        url = self.store.url
+        if "://" in url:
+            return url
+        p = Path(url).expanduser()
+        return str(p if p.is_absolute() else self.base_dir / p)
+
+
+def _cross_checks(cfg: Config, lines: dict[str, int]) -> list[ConfigIssue]:
+    """Rules that involve more than one key or the file system."""
+    issues: list[ConfigIssue] = []
+
+    def at(key: str, message: str) -> None:
+        # Fall back to the nearest enclosing key that has a line.
+        probe = key
+        while probe and probe not in lines:
+            probe = probe.rpartition(".")[0]
+        issues.append(ConfigIssue(lines.get(probe, 1), key, message))
+
+    lock = cfg.auth.lockout
+    if lock.user_lock_max_seconds < lock.user_lock_seconds:
+        at("auth.lockout.user_lock_max_seconds", "must not be shorter than user_lock_seconds")
+    if lock.hard_lock_after <= lock.user_threshold:
+        at("auth.lockout.hard_lock_after", "must be larger than user_threshold")
+    if lock.ip_lock_max_seconds < lock.ip_lock_seconds:
+        at("auth.lockout.ip_lock_max_seconds", "must not be shorter than ip_lock_seconds")
+
+    bound: dict[tuple[str, int], str] = {}
+    for name in ("ssh", "imaps", "imap", "web"):
+        listener: Listener | None = getattr(cfg.listeners, name)
+        if listener is None or not listener.enabled:
+            continue
+        try:
+            ipaddress.ip_address(listener.host)
+        except ValueError:
+            at(f"listeners.{name}.host", f"expected an IP address, got {listener.host!r}")
+        other = bound.get((listener.host, listener.port))
+        if other is not None:
+            at(
+                f"listeners.{name}.port",
+                f"port {listener.port} is already used by listeners.{other}",
+            )
+        bound[(listener.host, listener.port)] = name
+    if cfg.listeners.ssh is not None and cfg.listeners.ssh.enabled and cfg.ssh is None:
+        at("listeners.ssh", "the SSH door needs an ssh: section with host_key_files")
+
+    files: list[tuple[str, Path | None]] = [
+        ("tls.cert_file", cfg.tls.cert_file),
+        ("tls.key_file", cfg.tls.key_file),
+        ("tls.ca_file", cfg.tls.ca_file),
+        ("upstream.imap.ca_file", cfg.upstream.imap.ca_file),
+    ]
+    if cfg.upstream.smtp is not None:
+        files.append(("upstream.smtp.ca_file", cfg.upstream.smtp.ca_file))
+    if cfg.ssh is not None:
+        files += [(f"ssh.host_key_files[{i}]", p) for i, p in enumerate(cfg.ssh.host_key_files)]
+    for key, p in files:
+        if p is not None and not p.is_file():
+            at(key, f"file not found: {p}")
+    if cfg.upstream.imap.tls == "none" and not _is_loopback(cfg.upstream.imap.host):
+        at("upstream.imap.tls", "'none' is only allowed for an upstream on this machine (loopback)")
+    return issues
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_config(path: Path, env: dict[str, str] | None = None) -> Config:
+    """Read and validate a config file; raise ConfigError naming file, line and key of each problem."""
+    filename = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(filename, [ConfigIssue(0, "", "file not found")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(filename, [ConfigIssue(0, "", "not UTF-8 text")]) from None
+    except OSError as exc:
+        raise ConfigError(filename, [ConfigIssue(0, "", f"cannot read: {exc.strerror}")]) from None
+    base_dir = path.resolve().parent
+    cfg, lines = load_yaml_into(Config, text, filename, base_dir, env)
+    cfg = replace(cfg, path=path.resolve())
+    issues = _cross_checks(cfg, lines)
+    if issues:
+        raise ConfigError(filename, issues)
+    return cfg

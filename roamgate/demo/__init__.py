@@ -1,0 +1,1 @@
+"""The demo and test peers: a private Dovecot with a sample corporate mailbox."""

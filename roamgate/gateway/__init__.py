@@ -1,0 +1,1 @@
+"""The asyncio shell: listeners, relays and the serve loop."""

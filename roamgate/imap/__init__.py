@@ -1,0 +1,1 @@
+"""Sans-IO IMAP: parsers, serializer and session logic fed bytes, returning events."""

@@ -1,0 +1,214 @@
+"""`roamgate init`: a working gateway directory with config, keys, certificates and database."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from roamgate import pki
+from roamgate.secretbox import write_key_file
+from roamgate.store import open_store
+
+CONFIG_NAME = "roamgate.yaml"
+KEY_NAME = "secret.key"
+DB_NAME = "roamgate.db"
+AUDIT_NAME = "audit.jsonl"
+TLS_DIR = "tls"
+
+# Files init owns; --force replaces exactly these and nothing else in the directory.
+OWNED = [
+    CONFIG_NAME,
+    KEY_NAME,
+    DB_NAME,
+    f"{DB_NAME}-wal",
+    f"{DB_NAME}-shm",
+    f"{TLS_DIR}/ca.pem",
+    f"{TLS_DIR}/ca.key",
+    f"{TLS_DIR}/server.pem",
+    f"{TLS_DIR}/server.key",
+    "ssh_host_ed25519_key",
+    "ssh_host_ed25519_key.pub",
+    "ssh_host_rsa_key",
+    "ssh_host_rsa_key.pub",
+]
+
+
+class InitError(Exception):
+    """init cannot proceed; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class InitOptions:
+    directory: Path
+    upstream_imap: tuple[str, int]
+    upstream_smtp: tuple[str, int] | None = None
+    upstream_tls: Literal["implicit", "starttls", "none"] | None = None
+    upstream_ca: Path | None = None
+    hostname: str = "localhost"
+    listen_host: str = "127.0.0.1"
+    ssh_port: int = 2022
+    imaps_port: int = 9993
+    imap_port: int = 9143
+    web_port: int = 9443
+    verifier: Literal["upstream", "local"] = "upstream"
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class InitReport:
+    config: Path
+    ca_fingerprint: str
+    ssh_fingerprints: list[tuple[Path, str]]
+    created: list[Path]
+
+
+def default_tls(port: int) -> Literal["implicit", "starttls"]:
+    """993 and 465 speak TLS from the first byte; other ports upgrade with STARTTLS."""
+    return "implicit" if port in (993, 465) else "starttls"
+
+
+def _q(value: str) -> str:
+    # JSON strings are valid YAML scalars: quoting stays correct for any name or path.
+    return json.dumps(value)
+
+
+def render_config(o: InitOptions) -> str:
+    imap_host, imap_port = o.upstream_imap
+    tls = o.upstream_tls or default_tls(imap_port)
+    ca_line = f"    ca_file: {_q(str(o.upstream_ca))}\n" if o.upstream_ca else ""
+    smtp = ""
+    if o.upstream_smtp is not None:
+        smtp_host, smtp_port = o.upstream_smtp
+        smtp_tls = o.upstream_tls or default_tls(smtp_port)
+        smtp = (
+            "  smtp:\n"
+            f"    host: {_q(smtp_host)}\n"
+            f"    port: {smtp_port}\n"
+            f"    tls: {smtp_tls}\n"
+            f"{ca_line}"
+        )
+    listen = _q(o.listen_host)
+    return f"""\
+# roamgate configuration, written by `roamgate init`.
+# Check it with: roamgate check-config -c {CONFIG_NAME}
+# Relative paths are relative to this file's directory.
+# Secrets never go in this file: a key ending in _file names a file that holds the secret,
+# a key ending in _env names an environment variable that does.
+# Every key is described in README.md ("Configuration").
+
+hostname: {_q(o.hostname)}
+
+# The front doors. Remove a section (or set enabled: false) to keep that door closed.
+listeners:
+  ssh:
+    host: {listen}
+    port: {o.ssh_port}
+  imaps:            # IMAP with TLS from the first byte
+    host: {listen}
+    port: {o.imaps_port}
+  imap:             # IMAP with STARTTLS (no login before it)
+    host: {listen}
+    port: {o.imap_port}
+  web:              # enrollment and admin pages (HTTPS)
+    host: {listen}
+    port: {o.web_port}
+
+tls:
+  cert_file: {TLS_DIR}/server.pem
+  key_file: {TLS_DIR}/server.key
+  ca_file: {TLS_DIR}/ca.pem          # the private CA: give it to clients to verify the gateway
+  ca_key_file: {TLS_DIR}/ca.key
+  client_certificates: none        # none | optional | required
+
+ssh:
+  host_key_files:
+    - ssh_host_ed25519_key
+    - ssh_host_rsa_key
+
+# The corporate mail servers behind the gateway.
+upstream:
+  imap:
+    host: {_q(imap_host)}
+    port: {imap_port}
+    tls: {tls}                 # implicit | starttls | none (none: loopback only)
+{ca_line}{smtp}
+auth:
+  # upstream: the corporate IMAP password, checked by a login to upstream.imap (no password
+  # is stored here); local: scrypt hashes set with `roamgate user passwd`.
+  password_verifier: {o.verifier}
+  otp:
+    digits: 6
+    totp_period_seconds: 30
+    totp_window_steps: 1           # accept codes one step (30 s) early or late
+    hotp_look_ahead: 10
+    issuer: "roamgate"
+  lockout:
+    user_threshold: 10             # failures before the first lock
+    user_lock_seconds: 60          # first lock; doubles with each further failure
+    user_lock_max_seconds: 3600
+    hard_lock_after: 99            # then only `roamgate user unlock` helps (NIST: < 100)
+    ip_threshold: 20
+    ip_lock_seconds: 60
+    ip_lock_max_seconds: 3600
+    ip_forget_seconds: 3600
+
+store:
+  url: {DB_NAME}                   # a SQLite file
+
+secrets:
+  key_file: {KEY_NAME}             # encrypts token secrets at rest; keep it 0600 and backed up
+
+audit:
+  file: {AUDIT_NAME}
+  retention_days: 400
+
+logging:
+  level: info
+"""
+
+
+async def init_directory(o: InitOptions) -> InitReport:
+    d = o.directory
+    d.mkdir(parents=True, exist_ok=True)
+    existing = [name for name in OWNED if (d / name).exists()]
+    if existing and not o.force:
+        raise InitError(
+            f"{d} already holds a gateway ({', '.join(existing[:3])}"
+            f"{', ...' if len(existing) > 3 else ''}); use --force to replace it"
+        )
+    for name in existing:
+        (d / name).unlink()
+    (d / TLS_DIR).mkdir(exist_ok=True)
+    created: list[Path] = []
+
+    write_key_file(d / KEY_NAME)
+    created.append(d / KEY_NAME)
+
+    ca_key, ca_cert = pki.make_ca(o.hostname)
+    extra = [o.listen_host] if o.listen_host not in ("0.0.0.0", "::") else []  # noqa: S104
+    server_key, server_cert = pki.issue_server_cert(ca_key, ca_cert, o.hostname, extra)
+    for name, data, private in (
+        (f"{TLS_DIR}/ca.pem", pki.cert_pem(ca_cert), False),
+        (f"{TLS_DIR}/ca.key", pki.key_pem(ca_key), True),
+        (f"{TLS_DIR}/server.pem", pki.cert_pem(server_cert), False),
+        (f"{TLS_DIR}/server.key", pki.key_pem(server_key), True),
+    ):
+        if private:
+            pki.write_private(d / name, data)
+        else:
+            (d / name).write_bytes(data)
+        created.append(d / name)
+
+    ssh_keys = pki.make_ssh_host_keys(d)
+    created += [p for p, _fp in ssh_keys]
+
+    config_path = d / CONFIG_NAME
+    config_path.write_text(render_config(o), encoding="utf-8")
+    created.append(config_path)
+
+    store = await open_store(str(d / DB_NAME), create=True)
+    await store.close()
+    created.append(d / DB_NAME)
+    return InitReport(config_path, pki.cert_fingerprint(ca_cert), ssh_keys, created)

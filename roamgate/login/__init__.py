@@ -1,0 +1,1 @@
+"""The login decision: first factor, second factor, throttling and audit, tied to the store."""

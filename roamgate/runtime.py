@@ -1,0 +1,69 @@
+"""Wires one config into the running parts (store, key, auditor, login) for serve and the CLI."""
+
+from __future__ import annotations
+
+import stat
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from roamgate.audit import Auditor
+from roamgate.config import Config
+from roamgate.login.authenticator import Authenticator
+from roamgate.login.second_factor import SecondFactor
+from roamgate.login.throttle import Throttle
+from roamgate.login.verifiers import PasswordVerifier, make_verifier
+from roamgate.secretbox import SecretBox, SecretBoxError
+from roamgate.store import Store, open_store
+
+
+class SetupError(Exception):
+    """The config is valid but something it names cannot be used (key file, database)."""
+
+
+@dataclass
+class Runtime:
+    config: Config
+    store: Store
+    box: SecretBox
+    auditor: Auditor
+    second_factor: SecondFactor
+    throttle: Throttle
+    verifier: PasswordVerifier
+    authenticator: Authenticator
+    clock: Callable[[], float]
+
+
+def load_secret_box(cfg: Config) -> SecretBox:
+    secret = cfg.secrets.key
+    if secret.origin.startswith("file "):
+        path = Path(secret.origin.removeprefix("file "))
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise SetupError(
+                f"secret key file {path} is readable by group or others (mode {mode:04o});"
+                f" run: chmod 600 {path}"
+            )
+    try:
+        return SecretBox.from_text(secret.value)
+    except SecretBoxError as exc:
+        raise SetupError(f"secrets.key ({secret.origin}): {exc}") from None
+
+
+@asynccontextmanager
+async def open_runtime(
+    cfg: Config, *, clock: Callable[[], float] = time.time
+) -> AsyncIterator[Runtime]:
+    box = load_secret_box(cfg)
+    store = await open_store(cfg.store_url())
+    try:
+        auditor = Auditor(store, cfg.audit.file, clock)
+        second = SecondFactor(store, box, cfg.auth.otp, clock)
+        throttle = Throttle(store, auditor, cfg.auth.lockout, clock)
+        verifier = make_verifier(cfg)
+        authenticator = Authenticator(store, verifier, second, throttle, auditor, clock)
+        yield Runtime(cfg, store, box, auditor, second, throttle, verifier, authenticator, clock)
+    finally:
+        await store.close()

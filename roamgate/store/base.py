@@ -1,0 +1,283 @@
+"""The Store contract: records and the async interface every backend implements.
+
+The contract suite in tests/store/ runs against each backend. Operations that decide security
+(single use of a code, failure counting) are single SQL statements whose outcome the backend
+reports, so they stay correct when several gateway nodes share one database.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+TokenKind = Literal["totp", "hotp"]
+ThrottleScope = Literal["user", "source"]
+JsonValue = str | int | float | bool | None
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked; the message is fit for an operator."""
+
+
+class DuplicateError(StoreError):
+    """A record with this name or id exists already."""
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    id: int
+    name: str
+    email: str | None
+    enabled: bool
+    profile: str
+    password_hash: str | None
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """An OTP token; the secret is sealed with the gateway key and bound to the token id."""
+
+    id: str
+    user_id: int
+    kind: TokenKind
+    sealed_secret: bytes = field(repr=False)
+    digits: int
+    period: int
+    algorithm: str
+    state: int | None
+    label: str
+    created_at: float
+    last_used_at: float | None = None
+    revoked_at: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+@dataclass(frozen=True)
+class ThrottleRecord:
+    scope: ThrottleScope
+    key: str
+    failures: int
+    last_failure_at: float | None
+    locked_until: float | None
+    hard_locked: bool
+
+
+@dataclass(frozen=True)
+class CallbackRecord:
+    id: int
+    user_id: int
+    channel: str
+    address: str
+    created_at: float
+    verified_at: float | None
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    id: str
+    user_name: str
+    door: str
+    source: str
+    device: str | None
+    node: str
+    started_at: float
+    last_seen_at: float
+    ended_at: float | None = None
+    end_reason: str | None = None
+    end_requested_at: float | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One audited event. detail holds extra facts; never a password, code or secret."""
+
+    ts: float
+    kind: str
+    result: str
+    user_name: str | None = None
+    source: str | None = None
+    door: str | None = None
+    factor: str | None = None
+    reason: str | None = None
+    actor: str | None = None
+    detail: Mapping[str, JsonValue] = field(default_factory=dict)
+    id: int | None = None
+
+
+class Store(abc.ABC):
+    """Everything the gateway keeps. Methods are coroutines; times are epoch seconds."""
+
+    # -- lifecycle
+    @abc.abstractmethod
+    async def migrate(self) -> int:
+        """Bring the schema up to date; return the number of migrations applied."""
+
+    @abc.abstractmethod
+    async def schema_version(self) -> int: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    # -- users
+    @abc.abstractmethod
+    async def add_user(
+        self,
+        name: str,
+        now: float,
+        *,
+        email: str | None = None,
+        profile: str = "lan",
+        password_hash: str | None = None,
+    ) -> UserRecord:
+        """Create a user; raise DuplicateError if the name is taken."""
+
+    @abc.abstractmethod
+    async def get_user(self, name: str) -> UserRecord | None: ...
+
+    @abc.abstractmethod
+    async def get_user_by_id(self, user_id: int) -> UserRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_users(self) -> list[UserRecord]: ...
+
+    @abc.abstractmethod
+    async def set_user_enabled(self, name: str, enabled: bool, now: float) -> bool:
+        """Return False if there is no such user."""
+
+    @abc.abstractmethod
+    async def set_password_hash(self, name: str, password_hash: str | None, now: float) -> bool: ...
+
+    @abc.abstractmethod
+    async def remove_user(self, name: str) -> bool:
+        """Delete a user with their tokens, backup codes and callbacks; audit stays."""
+
+    # -- tokens
+    @abc.abstractmethod
+    async def add_token(self, token: TokenRecord) -> None: ...
+
+    @abc.abstractmethod
+    async def get_token(self, token_id: str) -> TokenRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_tokens(
+        self, user_id: int | None = None, *, include_revoked: bool = False
+    ) -> list[TokenRecord]: ...
+
+    @abc.abstractmethod
+    async def revoke_token(self, token_id: str, now: float) -> bool: ...
+
+    @abc.abstractmethod
+    async def advance_token_state(self, token_id: str, new_state: int, now: float) -> bool:
+        """Compare-and-set: store new_state only if it is above the current state.
+
+        Returns True for exactly one of any number of concurrent calls with the same
+        new_state, and False for a revoked token: this is what makes a code single-use.
+        """
+
+    # -- backup codes
+    @abc.abstractmethod
+    async def replace_backup_codes(
+        self, user_id: int, code_hashes: Sequence[bytes], now: float
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def consume_backup_code(self, user_id: int, code_hash: bytes, now: float) -> bool:
+        """Mark an unused code used; True for exactly one caller."""
+
+    @abc.abstractmethod
+    async def count_backup_codes(self, user_id: int) -> int:
+        """How many unused codes the user has left."""
+
+    # -- throttling
+    @abc.abstractmethod
+    async def get_throttle(self, scope: ThrottleScope, key: str) -> ThrottleRecord | None: ...
+
+    @abc.abstractmethod
+    async def record_failure(
+        self, scope: ThrottleScope, key: str, now: float, *, forget_before: float | None = None
+    ) -> ThrottleRecord:
+        """Atomically count one failure and return the new state.
+
+        If the last failure is older than forget_before the count restarts at 1.
+        """
+
+    @abc.abstractmethod
+    async def set_lock(
+        self, scope: ThrottleScope, key: str, locked_until: float | None, hard: bool
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def clear_throttle(self, scope: ThrottleScope, key: str) -> bool:
+        """Forget failures and locks; True if there was anything to forget."""
+
+    @abc.abstractmethod
+    async def list_throttles(self, scope: ThrottleScope | None = None) -> list[ThrottleRecord]: ...
+
+    # -- callback registrations
+    @abc.abstractmethod
+    async def add_callback(
+        self, user_id: int, channel: str, address: str, now: float
+    ) -> CallbackRecord: ...
+
+    @abc.abstractmethod
+    async def list_callbacks(self, user_id: int) -> list[CallbackRecord]: ...
+
+    @abc.abstractmethod
+    async def mark_callback_verified(self, callback_id: int, now: float) -> bool: ...
+
+    @abc.abstractmethod
+    async def remove_callback(self, callback_id: int) -> bool: ...
+
+    # -- sessions
+    @abc.abstractmethod
+    async def open_session(self, session: SessionRecord) -> None: ...
+
+    @abc.abstractmethod
+    async def get_session(self, session_id: str) -> SessionRecord | None: ...
+
+    @abc.abstractmethod
+    async def touch_session(
+        self, session_id: str, now: float, bytes_in: int, bytes_out: int
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def close_session(
+        self, session_id: str, now: float, reason: str, bytes_in: int, bytes_out: int
+    ) -> bool:
+        """End an open session; False if it was already closed or unknown."""
+
+    @abc.abstractmethod
+    async def request_session_end(self, session_id: str, now: float) -> bool:
+        """Ask the node that holds an open session to end it (it polls)."""
+
+    @abc.abstractmethod
+    async def list_sessions(self, *, open_only: bool = True) -> list[SessionRecord]: ...
+
+    # -- audit
+    @abc.abstractmethod
+    async def append_audit(self, record: AuditRecord) -> int: ...
+
+    @abc.abstractmethod
+    async def query_audit(
+        self,
+        *,
+        user_name: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        kind: str | None = None,
+        result: str | None = None,
+        limit: int = 1000,
+    ) -> list[AuditRecord]:
+        """Matching events, oldest first; at most the newest `limit` of them."""
+
+    @abc.abstractmethod
+    async def delete_audit_before(self, ts: float) -> int: ...

@@ -1,0 +1,585 @@
+"""The SQLite backend: one file, WAL journal, versioned migrations, one connection per process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from roamgate.store.base import (
+    AuditRecord,
+    CallbackRecord,
+    DuplicateError,
+    SessionRecord,
+    Store,
+    StoreError,
+    ThrottleRecord,
+    ThrottleScope,
+    TokenRecord,
+    UserRecord,
+)
+
+_USER_COLS = "id, name, email, enabled, profile, password_hash, created_at, updated_at"
+_TOKEN_COLS = ", ".join(  # column names, not a secret
+    (
+        *("id", "user_id", "kind", "sealed_secret", "digits", "period", "algorithm", "state"),
+        *("label", "created_at", "last_used_at", "revoked_at"),
+    )
+)
+_THROTTLE_COLS = "scope, key, failures, last_failure_at, locked_until, hard_locked"
+_SESSION_COLS = (
+    "id, user_name, door, source, device, node, started_at, last_seen_at, ended_at,"
+    " end_reason, end_requested_at, bytes_in, bytes_out"
+)
+_AUDIT_COLS = "id, ts, kind, result, user_name, source, door, factor, reason, actor, detail"
+
+
+def load_migrations(dialect: str) -> list[tuple[int, str, str]]:
+    """(version, name, sql) of each migration shipped in the package, in order."""
+    folder = resources.files("roamgate.store") / "migrations" / dialect
+    out = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            version = int(entry.name.split("_", 1)[0])
+            out.append((version, entry.name, entry.read_text(encoding="utf-8")))
+    return sorted(out)
+
+
+def _split_sql(script: str) -> list[str]:
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            if current.strip():
+                statements.append(current)
+            current = ""
+    if current.strip() and not all(
+        ln.strip().startswith("--") or not ln.strip() for ln in current.splitlines()
+    ):
+        raise StoreError("migration ends with an incomplete SQL statement")
+    return statements
+
+
+class SqliteStore(Store):
+    """Store on a SQLite file. Several processes (serve, the CLI) may open it at once."""
+
+    def __init__(self, path: Path, conn: aiosqlite.Connection) -> None:
+        self.path = path
+        self._conn = conn
+        # One connection is shared by all tasks: a transaction must not take in statements
+        # of other tasks, so they wait for it (the lock), and its own statements do not.
+        self._lock = asyncio.Lock()
+        self._tx_owner: asyncio.Task[Any] | None = None
+
+    @classmethod
+    async def open(cls, path: Path, *, create: bool = False) -> SqliteStore:
+        _ensure_file(path, create)
+        try:
+            conn = await aiosqlite.connect(path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database {path}: {exc}") from None
+        store = cls(path, conn)
+        try:
+            await conn.execute("PRAGMA busy_timeout = 5000")
+            await conn.execute("PRAGMA foreign_keys = ON")
+            row = await (await conn.execute("PRAGMA journal_mode = WAL")).fetchone()
+            if row is None or str(row[0]).lower() != "wal":
+                raise StoreError(f"database {path}: cannot switch to WAL journal mode")
+            await conn.execute("PRAGMA synchronous = NORMAL")
+            await conn.execute("SELECT count(*) FROM sqlite_master")
+        except sqlite3.DatabaseError as exc:
+            await conn.close()
+            raise StoreError(f"database {path} is not usable: {_reason(exc)}") from None
+        return store
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    # -- helpers
+    async def _execute(self, sql: str, params: Sequence[Any]) -> tuple[list[sqlite3.Row], int]:
+        if self._tx_owner is not None and self._tx_owner is asyncio.current_task():
+            return await self._execute_now(sql, params)
+        async with self._lock:
+            return await self._execute_now(sql, params)
+
+    async def _execute_now(self, sql: str, params: Sequence[Any]) -> tuple[list[sqlite3.Row], int]:
+        try:
+            async with self._conn.execute(sql, params) as cur:
+                rows = list(await cur.fetchall())
+                return rows, cur.rowcount
+        except sqlite3.IntegrityError as exc:
+            raise DuplicateError(str(exc)) from None
+        except sqlite3.Error as exc:
+            raise StoreError(f"database {self.path}: {_reason(exc)}") from None
+
+    async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        return (await self._execute(sql, params))[0]
+
+    async def _one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        rows = await self._all(sql, params)
+        return rows[0] if rows else None
+
+    async def _run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Execute one statement; return the number of rows changed."""
+        return (await self._execute(sql, params))[1]
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[None]:
+        async with self._lock:
+            self._tx_owner = asyncio.current_task()
+            try:
+                # IMMEDIATE takes the write lock up front: two processes never both read
+                # the same state and then both write.
+                await self._execute_now("BEGIN IMMEDIATE", ())
+                try:
+                    yield
+                except BaseException:
+                    await self._conn.execute("ROLLBACK")
+                    raise
+                await self._execute_now("COMMIT", ())
+            finally:
+                self._tx_owner = None
+
+    # -- lifecycle
+    async def schema_version(self) -> int:
+        row = await self._one(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+        )
+        if row is None:
+            return 0
+        row = await self._one("SELECT max(version) FROM schema_migrations")
+        return int(row[0]) if row is not None and row[0] is not None else 0
+
+    async def migrate(self) -> int:
+        migrations = load_migrations("sqlite")
+        known = max((v for v, _n, _s in migrations), default=0)
+        applied = 0
+        async with self._transaction():
+            await self._run(
+                "CREATE TABLE IF NOT EXISTS schema_migrations"
+                " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+            )
+            current = await self.schema_version()
+            if current > known:
+                raise StoreError(
+                    f"database {self.path} has schema version {current}, newer than this"
+                    f" roamgate ({known}): upgrade roamgate"
+                )
+            for version, name, sql in migrations:
+                if version <= current:
+                    continue
+                for statement in _split_sql(sql):
+                    await self._run(statement)
+                await self._run(
+                    "INSERT INTO schema_migrations (version, name, applied_at)"
+                    " VALUES (?, ?, strftime('%s','now'))",
+                    (version, name),
+                )
+                applied += 1
+        return applied
+
+    # -- users
+    async def add_user(
+        self,
+        name: str,
+        now: float,
+        *,
+        email: str | None = None,
+        profile: str = "lan",
+        password_hash: str | None = None,
+    ) -> UserRecord:
+        try:
+            await self._run(
+                "INSERT INTO users (name, email, enabled, profile, password_hash, created_at,"
+                " updated_at) VALUES (?, ?, 1, ?, ?, ?, ?)",
+                (name, email, profile, password_hash, now, now),
+            )
+        except DuplicateError:
+            raise DuplicateError(f"user {name!r} exists already") from None
+        user = await self.get_user(name)
+        assert user is not None
+        return user
+
+    async def get_user(self, name: str) -> UserRecord | None:
+        row = await self._one(f"SELECT {_USER_COLS} FROM users WHERE name = ?", (name,))
+        return _user(row) if row else None
+
+    async def get_user_by_id(self, user_id: int) -> UserRecord | None:
+        row = await self._one(f"SELECT {_USER_COLS} FROM users WHERE id = ?", (user_id,))
+        return _user(row) if row else None
+
+    async def list_users(self) -> list[UserRecord]:
+        return [_user(r) for r in await self._all(f"SELECT {_USER_COLS} FROM users ORDER BY name")]
+
+    async def set_user_enabled(self, name: str, enabled: bool, now: float) -> bool:
+        n = await self._run(
+            "UPDATE users SET enabled = ?, updated_at = ? WHERE name = ?", (int(enabled), now, name)
+        )
+        return n == 1
+
+    async def set_password_hash(self, name: str, password_hash: str | None, now: float) -> bool:
+        n = await self._run(
+            "UPDATE users SET password_hash = ?, updated_at = ? WHERE name = ?",
+            (password_hash, now, name),
+        )
+        return n == 1
+
+    async def remove_user(self, name: str) -> bool:
+        return await self._run("DELETE FROM users WHERE name = ?", (name,)) == 1
+
+    # -- tokens
+    async def add_token(self, token: TokenRecord) -> None:
+        try:
+            await self._run(
+                f"INSERT INTO tokens ({_TOKEN_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    token.id,
+                    token.user_id,
+                    token.kind,
+                    token.sealed_secret,
+                    token.digits,
+                    token.period,
+                    token.algorithm,
+                    token.state,
+                    token.label,
+                    token.created_at,
+                    token.last_used_at,
+                    token.revoked_at,
+                ),
+            )
+        except DuplicateError:
+            raise DuplicateError(
+                f"token {token.id!r} exists already or its user does not"
+            ) from None
+
+    async def get_token(self, token_id: str) -> TokenRecord | None:
+        row = await self._one(f"SELECT {_TOKEN_COLS} FROM tokens WHERE id = ?", (token_id,))
+        return _token(row) if row else None
+
+    async def list_tokens(
+        self, user_id: int | None = None, *, include_revoked: bool = False
+    ) -> list[TokenRecord]:
+        where, params = [], []
+        if user_id is not None:
+            where.append("user_id = ?")
+            params.append(user_id)
+        if not include_revoked:
+            where.append("revoked_at IS NULL")
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._all(
+            f"SELECT {_TOKEN_COLS} FROM tokens{clause} ORDER BY created_at, id", params
+        )
+        return [_token(r) for r in rows]
+
+    async def revoke_token(self, token_id: str, now: float) -> bool:
+        n = await self._run(
+            "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (now, token_id)
+        )
+        return n == 1
+
+    async def advance_token_state(self, token_id: str, new_state: int, now: float) -> bool:
+        n = await self._run(
+            "UPDATE tokens SET state = ?, last_used_at = ? WHERE id = ? AND revoked_at IS NULL"
+            " AND (state IS NULL OR state < ?)",
+            (new_state, now, token_id, new_state),
+        )
+        return n == 1
+
+    # -- backup codes
+    async def replace_backup_codes(
+        self, user_id: int, code_hashes: Sequence[bytes], now: float
+    ) -> None:
+        async with self._transaction():
+            await self._run("DELETE FROM backup_codes WHERE user_id = ?", (user_id,))
+            for code_hash in code_hashes:
+                await self._run(
+                    "INSERT INTO backup_codes (user_id, code_hash, created_at) VALUES (?, ?, ?)",
+                    (user_id, code_hash, now),
+                )
+
+    async def consume_backup_code(self, user_id: int, code_hash: bytes, now: float) -> bool:
+        n = await self._run(
+            "UPDATE backup_codes SET used_at = ? WHERE user_id = ? AND code_hash = ?"
+            " AND used_at IS NULL",
+            (now, user_id, code_hash),
+        )
+        return n == 1
+
+    async def count_backup_codes(self, user_id: int) -> int:
+        row = await self._one(
+            "SELECT count(*) FROM backup_codes WHERE user_id = ? AND used_at IS NULL", (user_id,)
+        )
+        return int(row[0]) if row else 0
+
+    # -- throttling
+    async def get_throttle(self, scope: ThrottleScope, key: str) -> ThrottleRecord | None:
+        row = await self._one(
+            f"SELECT {_THROTTLE_COLS} FROM throttle WHERE scope = ? AND key = ?", (scope, key)
+        )
+        return _throttle(row) if row else None
+
+    async def record_failure(
+        self, scope: ThrottleScope, key: str, now: float, *, forget_before: float | None = None
+    ) -> ThrottleRecord:
+        horizon = forget_before if forget_before is not None else float("-inf")
+        row = await self._one(
+            "INSERT INTO throttle (scope, key, failures, last_failure_at) VALUES (?, ?, 1, ?)"
+            " ON CONFLICT (scope, key) DO UPDATE SET"
+            " failures = CASE WHEN throttle.last_failure_at IS NULL"
+            "   OR throttle.last_failure_at >= ? THEN throttle.failures + 1 ELSE 1 END,"
+            " last_failure_at = excluded.last_failure_at"
+            f" RETURNING {_THROTTLE_COLS}",
+            (scope, key, now, horizon),
+        )
+        assert row is not None
+        return _throttle(row)
+
+    async def set_lock(
+        self, scope: ThrottleScope, key: str, locked_until: float | None, hard: bool
+    ) -> None:
+        await self._run(
+            "INSERT INTO throttle (scope, key, failures, locked_until, hard_locked)"
+            " VALUES (?, ?, 0, ?, ?) ON CONFLICT (scope, key) DO UPDATE SET"
+            " locked_until = excluded.locked_until, hard_locked = excluded.hard_locked",
+            (scope, key, locked_until, int(hard)),
+        )
+
+    async def clear_throttle(self, scope: ThrottleScope, key: str) -> bool:
+        n = await self._run("DELETE FROM throttle WHERE scope = ? AND key = ?", (scope, key))
+        return n == 1
+
+    async def list_throttles(self, scope: ThrottleScope | None = None) -> list[ThrottleRecord]:
+        if scope is None:
+            rows = await self._all(f"SELECT {_THROTTLE_COLS} FROM throttle ORDER BY scope, key")
+        else:
+            rows = await self._all(
+                f"SELECT {_THROTTLE_COLS} FROM throttle WHERE scope = ? ORDER BY key", (scope,)
+            )
+        return [_throttle(r) for r in rows]
+
+    # -- callbacks
+    async def add_callback(
+        self, user_id: int, channel: str, address: str, now: float
+    ) -> CallbackRecord:
+        try:
+            row = await self._one(
+                "INSERT INTO callbacks (user_id, channel, address, created_at) VALUES (?, ?, ?, ?)"
+                " RETURNING id, user_id, channel, address, created_at, verified_at",
+                (user_id, channel, address, now),
+            )
+        except DuplicateError:
+            raise DuplicateError(
+                "this callback is registered already, or the user does not exist"
+            ) from None
+        assert row is not None
+        return _callback(row)
+
+    async def list_callbacks(self, user_id: int) -> list[CallbackRecord]:
+        rows = await self._all(
+            "SELECT id, user_id, channel, address, created_at, verified_at FROM callbacks"
+            " WHERE user_id = ? ORDER BY id",
+            (user_id,),
+        )
+        return [_callback(r) for r in rows]
+
+    async def mark_callback_verified(self, callback_id: int, now: float) -> bool:
+        n = await self._run("UPDATE callbacks SET verified_at = ? WHERE id = ?", (now, callback_id))
+        return n == 1
+
+    async def remove_callback(self, callback_id: int) -> bool:
+        return await self._run("DELETE FROM callbacks WHERE id = ?", (callback_id,)) == 1
+
+    # -- sessions
+    async def open_session(self, session: SessionRecord) -> None:
+        try:
+            await self._run(
+                f"INSERT INTO sessions ({_SESSION_COLS}) VALUES"
+                " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    session.id,
+                    session.user_name,
+                    session.door,
+                    session.source,
+                    session.device,
+                    session.node,
+                    session.started_at,
+                    session.last_seen_at,
+                    session.ended_at,
+                    session.end_reason,
+                    session.end_requested_at,
+                    session.bytes_in,
+                    session.bytes_out,
+                ),
+            )
+        except DuplicateError:
+            raise DuplicateError(f"session {session.id!r} exists already") from None
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        row = await self._one(f"SELECT {_SESSION_COLS} FROM sessions WHERE id = ?", (session_id,))
+        return _session(row) if row else None
+
+    async def touch_session(
+        self, session_id: str, now: float, bytes_in: int, bytes_out: int
+    ) -> None:
+        await self._run(
+            "UPDATE sessions SET last_seen_at = ?, bytes_in = ?, bytes_out = ?"
+            " WHERE id = ? AND ended_at IS NULL",
+            (now, bytes_in, bytes_out, session_id),
+        )
+
+    async def close_session(
+        self, session_id: str, now: float, reason: str, bytes_in: int, bytes_out: int
+    ) -> bool:
+        n = await self._run(
+            "UPDATE sessions SET ended_at = ?, last_seen_at = ?, end_reason = ?, bytes_in = ?,"
+            " bytes_out = ? WHERE id = ? AND ended_at IS NULL",
+            (now, now, reason, bytes_in, bytes_out, session_id),
+        )
+        return n == 1
+
+    async def request_session_end(self, session_id: str, now: float) -> bool:
+        n = await self._run(
+            "UPDATE sessions SET end_requested_at = ? WHERE id = ? AND ended_at IS NULL"
+            " AND end_requested_at IS NULL",
+            (now, session_id),
+        )
+        return n == 1
+
+    async def list_sessions(self, *, open_only: bool = True) -> list[SessionRecord]:
+        clause = " WHERE ended_at IS NULL" if open_only else ""
+        rows = await self._all(f"SELECT {_SESSION_COLS} FROM sessions{clause} ORDER BY started_at")
+        return [_session(r) for r in rows]
+
+    # -- audit
+    async def append_audit(self, record: AuditRecord) -> int:
+        row = await self._one(
+            "INSERT INTO audit (ts, kind, result, user_name, source, door, factor, reason, actor,"
+            " detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            (
+                record.ts,
+                record.kind,
+                record.result,
+                record.user_name,
+                record.source,
+                record.door,
+                record.factor,
+                record.reason,
+                record.actor,
+                json.dumps(dict(record.detail), sort_keys=True),
+            ),
+        )
+        assert row is not None
+        return int(row[0])
+
+    async def query_audit(
+        self,
+        *,
+        user_name: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        kind: str | None = None,
+        result: str | None = None,
+        limit: int = 1000,
+    ) -> list[AuditRecord]:
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (("user_name", user_name), ("kind", kind), ("result", result)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if since is not None:
+            where.append("ts >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("ts < ?")
+            params.append(until)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._all(
+            f"SELECT {_AUDIT_COLS} FROM audit{clause} ORDER BY ts DESC, id DESC LIMIT ?",
+            [*params, limit],
+        )
+        return [_audit(r) for r in reversed(rows)]
+
+    async def delete_audit_before(self, ts: float) -> int:
+        return await self._run("DELETE FROM audit WHERE ts < ?", (ts,))
+
+
+def _ensure_file(path: Path, create: bool) -> None:
+    if path.exists():
+        return
+    if not create:
+        raise StoreError(f"database not found: {path} (run 'roamgate init' first)")
+    # Created 0600 up front: the file holds sealed secrets and password hashes.
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+def _reason(exc: sqlite3.Error) -> str:
+    text = str(exc)
+    if "file is not a database" in text:
+        return "the file is corrupt or is not a roamgate database"
+    if "locked" in text:
+        return "the database is locked by another process (waited 5 s)"
+    if "no such table" in text:
+        return f"{text} (run 'roamgate init', or the file is not a roamgate database)"
+    return text
+
+
+def _user(r: sqlite3.Row) -> UserRecord:
+    return UserRecord(r[0], r[1], r[2], bool(r[3]), r[4], r[5], r[6], r[7])
+
+
+def _token(r: sqlite3.Row) -> TokenRecord:
+    return TokenRecord(
+        id=r[0],
+        user_id=r[1],
+        kind=r[2],
+        sealed_secret=bytes(r[3]),
+        digits=r[4],
+        period=r[5],
+        algorithm=r[6],
+        state=r[7],
+        label=r[8],
+        created_at=r[9],
+        last_used_at=r[10],
+        revoked_at=r[11],
+    )
+
+
+def _throttle(r: sqlite3.Row) -> ThrottleRecord:
+    return ThrottleRecord(r[0], r[1], r[2], r[3], r[4], bool(r[5]))
+
+
+def _callback(r: sqlite3.Row) -> CallbackRecord:
+    return CallbackRecord(r[0], r[1], r[2], r[3], r[4], r[5])
+
+
+def _session(r: sqlite3.Row) -> SessionRecord:
+    return SessionRecord(*r)
+
+
+def _audit(r: sqlite3.Row) -> AuditRecord:
+    try:
+        detail = json.loads(r[10])
+    except ValueError:
+        detail = {}
+    return AuditRecord(
+        id=r[0],
+        ts=r[1],
+        kind=r[2],
+        result=r[3],
+        user_name=r[4],
+        source=r[5],
+        door=r[6],
+        factor=r[7],
+        reason=r[8],
+        actor=r[9],
+        detail=detail,
+    )

@@ -1,0 +1,1 @@
+"""The tests: pure layers first, then real-peer integration tests."""

@@ -1,0 +1,1 @@
+"""Pure policy tests: OTP, backup codes, lockout, password hashes."""

@@ -1,0 +1,1 @@
+"""End-to-end tests of the roamgate command line, run as a real process."""

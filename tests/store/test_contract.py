@@ -1,0 +1,269 @@
+"""The Store contract: every backend must pass this suite unchanged.
+
+Add a backend by adding it to the `backend` fixture's params; nothing else here may change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from roamgate.store import DuplicateError, Store, open_store
+from roamgate.store.base import AuditRecord, SessionRecord, TokenRecord
+
+T0 = 1_750_000_000.0
+
+Opener = Callable[[], Awaitable[Store]]
+
+
+@pytest.fixture(params=["sqlite"])
+async def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    """Returns a function opening a new connection to one shared, migrated database."""
+    if request.param == "sqlite":
+        url = str(tmp_path / "contract.db")
+
+        async def open_sqlite() -> Store:
+            return await open_store(url, create=True)
+
+        return open_sqlite
+    raise AssertionError(request.param)
+
+
+@pytest.fixture
+async def store(opener: Opener) -> AsyncIterator[Store]:
+    s = await opener()
+    yield s
+    await s.close()
+
+
+def _token(token_id: str, user_id: int, state: int | None = None) -> TokenRecord:
+    return TokenRecord(
+        id=token_id,
+        user_id=user_id,
+        kind="totp",
+        sealed_secret=b"\x01sealed",
+        digits=6,
+        period=30,
+        algorithm="sha1",
+        state=state,
+        label="phone",
+        created_at=T0,
+    )
+
+
+async def test_migrations_are_versioned_and_idempotent(store: Store) -> None:
+    version = await store.schema_version()
+    assert version >= 1
+    assert await store.migrate() == 0
+    assert await store.schema_version() == version
+
+
+async def test_users(store: Store) -> None:
+    alice = await store.add_user("alice", T0, email="alice@example.com")
+    assert (alice.name, alice.email, alice.enabled, alice.profile) == (
+        "alice",
+        "alice@example.com",
+        True,
+        "lan",
+    )
+    assert alice.password_hash is None
+    with pytest.raises(DuplicateError):
+        await store.add_user("alice", T0)
+    await store.add_user("bob", T0, profile="phs", password_hash="$scrypt$x")
+    assert [u.name for u in await store.list_users()] == ["alice", "bob"]
+    assert await store.get_user_by_id(alice.id) == alice
+    assert await store.set_user_enabled("alice", False, T0 + 1)
+    disabled = await store.get_user("alice")
+    assert disabled is not None and not disabled.enabled and disabled.updated_at == T0 + 1
+    assert not await store.set_user_enabled("nobody", False, T0)
+    assert await store.set_password_hash("alice", "$scrypt$y", T0)
+    assert (await store.get_user("alice")).password_hash == "$scrypt$y"  # type: ignore[union-attr]
+    assert await store.get_user("nobody") is None
+
+
+async def test_remove_user_cascades_but_keeps_audit(store: Store) -> None:
+    u = await store.add_user("carol", T0)
+    await store.add_token(_token("tok_c", u.id))
+    await store.replace_backup_codes(u.id, [b"h1", b"h2"], T0)
+    await store.add_callback(u.id, "sms", "+81 90 0000 0000", T0)
+    await store.append_audit(AuditRecord(ts=T0, kind="auth", result="ok", user_name="carol"))
+    assert await store.remove_user("carol")
+    assert not await store.remove_user("carol")
+    assert await store.get_token("tok_c") is None
+    assert await store.count_backup_codes(u.id) == 0
+    assert await store.list_callbacks(u.id) == []
+    assert len(await store.query_audit(user_name="carol")) == 1
+
+
+async def test_tokens_and_revocation(store: Store) -> None:
+    u = await store.add_user("dave", T0)
+    await store.add_token(_token("tok_1", u.id))
+    await store.add_token(_token("tok_2", u.id, state=0))
+    with pytest.raises(DuplicateError):
+        await store.add_token(_token("tok_1", u.id))
+    with pytest.raises(DuplicateError):
+        await store.add_token(_token("tok_orphan", 999_999))
+    got = await store.get_token("tok_1")
+    assert got == _token("tok_1", u.id)
+    assert [t.id for t in await store.list_tokens(u.id)] == ["tok_1", "tok_2"]
+    assert await store.revoke_token("tok_1", T0 + 5)
+    assert not await store.revoke_token("tok_1", T0 + 6)
+    assert [t.id for t in await store.list_tokens(u.id)] == ["tok_2"]
+    assert [t.id for t in await store.list_tokens(include_revoked=True)] == ["tok_1", "tok_2"]
+    revoked = await store.get_token("tok_1")
+    assert revoked is not None and not revoked.active and revoked.revoked_at == T0 + 5
+
+
+async def test_token_state_only_grows(store: Store) -> None:
+    u = await store.add_user("erin", T0)
+    await store.add_token(_token("tok_e", u.id))
+    assert await store.advance_token_state("tok_e", 100, T0)
+    assert not await store.advance_token_state("tok_e", 100, T0)  # the same code again
+    assert not await store.advance_token_state("tok_e", 99, T0)  # an older code
+    assert await store.advance_token_state("tok_e", 101, T0 + 30)
+    tok = await store.get_token("tok_e")
+    assert tok is not None and tok.state == 101 and tok.last_used_at == T0 + 30
+    await store.revoke_token("tok_e", T0)
+    assert not await store.advance_token_state("tok_e", 200, T0)  # revoked: nothing accepted
+
+
+async def test_concurrent_use_of_one_code_has_exactly_one_winner(opener: Opener) -> None:
+    """Several connections (like several gateway nodes) race to accept the same step."""
+    stores = [await opener() for _ in range(4)]
+    try:
+        u = await stores[0].add_user("frank", T0)
+        await stores[0].add_token(_token("tok_f", u.id))
+        attempts = [s.advance_token_state("tok_f", 4242, T0) for s in stores for _ in range(5)]
+        results = await asyncio.gather(*attempts)
+        assert results.count(True) == 1
+        codes = await asyncio.gather(*(s.consume_backup_code(u.id, b"x", T0) for s in stores))
+        assert codes.count(True) == 0
+        await stores[0].replace_backup_codes(u.id, [b"x"], T0)
+        codes = await asyncio.gather(*(s.consume_backup_code(u.id, b"x", T0) for s in stores))
+        assert codes.count(True) == 1
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_backup_codes_are_single_use_and_replaced_whole(store: Store) -> None:
+    u = await store.add_user("gina", T0)
+    await store.replace_backup_codes(u.id, [b"a", b"b", b"c"], T0)
+    assert await store.count_backup_codes(u.id) == 3
+    assert await store.consume_backup_code(u.id, b"b", T0 + 1)
+    assert not await store.consume_backup_code(u.id, b"b", T0 + 2)
+    assert not await store.consume_backup_code(u.id, b"zzz", T0 + 2)
+    assert await store.count_backup_codes(u.id) == 2
+    await store.replace_backup_codes(u.id, [b"d"], T0 + 3)
+    assert not await store.consume_backup_code(u.id, b"a", T0 + 4)  # the old sheet is gone
+    assert await store.count_backup_codes(u.id) == 1
+
+
+async def test_failure_counting_is_atomic(opener: Opener) -> None:
+    stores = [await opener() for _ in range(3)]
+    try:
+        await asyncio.gather(
+            *(s.record_failure("user", "henry", T0) for s in stores for _ in range(10))
+        )
+        rec = await stores[0].get_throttle("user", "henry")
+        assert rec is not None and rec.failures == 30 and rec.last_failure_at == T0
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_throttle_lock_clear_and_forgetting(store: Store) -> None:
+    assert await store.get_throttle("source", "192.0.2.1") is None
+    r1 = await store.record_failure("source", "192.0.2.1", T0, forget_before=T0 - 3600)
+    r2 = await store.record_failure("source", "192.0.2.1", T0 + 10, forget_before=T0 - 3590)
+    assert (r1.failures, r2.failures) == (1, 2)
+    # The last failure is older than the horizon: the count starts again.
+    r3 = await store.record_failure("source", "192.0.2.1", T0 + 5000, forget_before=T0 + 1400)
+    assert r3.failures == 1 and r3.last_failure_at == T0 + 5000
+    await store.set_lock("source", "192.0.2.1", T0 + 6000, False)
+    rec = await store.get_throttle("source", "192.0.2.1")
+    assert rec is not None and rec.locked_until == T0 + 6000 and not rec.hard_locked
+    await store.set_lock("user", "ivan", None, True)
+    hard = await store.get_throttle("user", "ivan")
+    assert hard is not None and hard.hard_locked and hard.failures == 0
+    assert [(t.scope, t.key) for t in await store.list_throttles()] == [
+        ("source", "192.0.2.1"),
+        ("user", "ivan"),
+    ]
+    assert [t.key for t in await store.list_throttles("user")] == ["ivan"]
+    assert await store.clear_throttle("user", "ivan")
+    assert not await store.clear_throttle("user", "ivan")
+    assert await store.get_throttle("user", "ivan") is None
+
+
+async def test_callbacks(store: Store) -> None:
+    u = await store.add_user("judy", T0)
+    cb = await store.add_callback(u.id, "sms", "+81 90 1234 5678", T0)
+    assert (cb.channel, cb.address, cb.verified_at) == ("sms", "+81 90 1234 5678", None)
+    with pytest.raises(DuplicateError):
+        await store.add_callback(u.id, "sms", "+81 90 1234 5678", T0)
+    with pytest.raises(DuplicateError):
+        await store.add_callback(999_999, "sms", "+1", T0)
+    assert await store.mark_callback_verified(cb.id, T0 + 60)
+    [got] = await store.list_callbacks(u.id)
+    assert got.verified_at == T0 + 60
+    assert await store.remove_callback(cb.id)
+    assert not await store.remove_callback(cb.id)
+
+
+async def test_sessions(store: Store) -> None:
+    s = SessionRecord(
+        id="ses_1",
+        user_name="kim",
+        door="imaps",
+        source="192.0.2.9",
+        device=None,
+        node="node-a",
+        started_at=T0,
+        last_seen_at=T0,
+    )
+    await store.open_session(s)
+    with pytest.raises(DuplicateError):
+        await store.open_session(s)
+    await store.touch_session("ses_1", T0 + 10, 100, 2000)
+    assert await store.request_session_end("ses_1", T0 + 11)
+    assert not await store.request_session_end("ses_1", T0 + 12)
+    [open_one] = await store.list_sessions()
+    assert (open_one.bytes_in, open_one.bytes_out, open_one.end_requested_at) == (
+        100,
+        2000,
+        T0 + 11,
+    )
+    assert await store.close_session("ses_1", T0 + 20, "logout", 150, 2500)
+    assert not await store.close_session("ses_1", T0 + 21, "again", 0, 0)
+    assert await store.list_sessions() == []
+    [closed] = await store.list_sessions(open_only=False)
+    assert (closed.ended_at, closed.end_reason, closed.bytes_out) == (T0 + 20, "logout", 2500)
+    assert await store.get_session("ses_1") == closed
+    assert await store.get_session("nope") is None
+
+
+async def test_audit_query_filters_and_retention(store: Store) -> None:
+    for i in range(6):
+        await store.append_audit(
+            AuditRecord(
+                ts=T0 + i,
+                kind="auth" if i % 2 else "lock",
+                result="ok" if i < 3 else "fail",
+                user_name="lee" if i < 4 else "max",
+                source="192.0.2.1",
+                detail={"n": i, "note": "ünïcode"},
+            )
+        )
+    every = await store.query_audit()
+    assert [r.ts for r in every] == [T0 + i for i in range(6)]  # oldest first
+    assert every[0].id is not None and every[0].detail == {"n": 0, "note": "ünïcode"}
+    assert [r.ts for r in await store.query_audit(user_name="max")] == [T0 + 4, T0 + 5]
+    assert [r.ts for r in await store.query_audit(since=T0 + 2, until=T0 + 4)] == [T0 + 2, T0 + 3]
+    assert [r.ts for r in await store.query_audit(kind="auth", result="fail")] == [T0 + 3, T0 + 5]
+    assert [r.ts for r in await store.query_audit(limit=2)] == [T0 + 4, T0 + 5]  # the newest
+    assert await store.delete_audit_before(T0 + 3) == 3
+    assert len(await store.query_audit()) == 3

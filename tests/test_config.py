@@ -1,0 +1,174 @@
+"""Config loading: every problem named by file, line and key; secrets from files or environment."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from roamgate.config import ConfigError, load_config
+
+GOOD = """\
+hostname: gw.example.com
+listeners:
+  ssh:
+    port: 2022
+  imaps:
+    host: 127.0.0.1
+    port: 9993
+tls:
+  cert_file: server.pem
+  key_file: server.key
+  ca_file: ca.pem
+ssh:
+  host_key_files: [host_key]
+upstream:
+  imap:
+    host: mail.example.com
+    port: 993
+    tls: implicit
+secrets:
+  key_file: secret.key
+"""
+
+
+def _write(d: Path, text: str) -> Path:
+    for name in ("server.pem", "server.key", "ca.pem", "host_key", "secret.key"):
+        (d / name).write_text("x\n")
+    p = d / "roamgate.yaml"
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def _errors(p: Path, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(p, env=env)
+    return info.value.lines()
+
+
+def test_good_config_loads_into_frozen_objects(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, GOOD))
+    assert cfg.hostname == "gw.example.com"
+    assert cfg.listeners.ssh is not None and cfg.listeners.ssh.port == 2022
+    assert cfg.listeners.ssh.host == "127.0.0.1"  # the default: loopback unless told otherwise
+    assert cfg.listeners.web is None
+    assert cfg.upstream.imap.tls == "implicit"
+    assert cfg.tls.cert_file == tmp_path / "server.pem"  # relative to the config file
+    assert cfg.auth.otp.digits == 6 and cfg.auth.lockout.hard_lock_after == 99
+    assert cfg.secrets.key.value == b"x"
+    assert "x" not in repr(cfg.secrets.key)
+    with pytest.raises(AttributeError):
+        cfg.hostname = "other"  # type: ignore[misc]
+
+
+def test_wrong_type_names_file_line_and_key(tmp_path: Path) -> None:
+    p = _write(tmp_path, GOOD.replace("port: 2022", "port: abc"))
+    assert _errors(p) == [
+        f"{p}:4 listeners.ssh.port: expected an integer 1-65535, got 'abc'",
+    ]
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    text = GOOD.replace("port: 9993", "port: 70000").replace("tls: implicit", "tls: maybe")
+    text = text.replace("hostname: gw.example.com", "hostname: gw.example.com\nlisten: x")
+    p = _write(tmp_path, text)
+    errors = _errors(p)
+    assert f"{p}:2 listen: unknown key (did you mean 'listeners'?)" in errors
+    assert f"{p}:8 listeners.imaps.port: expected an integer 1-65535, got 70000" in errors
+    assert (
+        f"{p}:19 upstream.imap.tls: expected one of 'implicit', 'starttls', 'none', got 'maybe'"
+        in errors
+    )
+    assert len(errors) == 3
+
+
+def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:
+    p = _write(tmp_path, GOOD.replace("    port: 2022", "    prot: 2022"))
+    errors = _errors(p)
+    assert f"{p}:4 listeners.ssh.prot: unknown key (did you mean 'port'?)" in errors
+    assert f"{p}:3 listeners.ssh.port: missing required key" in errors
+
+
+def test_bool_is_not_an_integer_and_duplicates_are_errors(tmp_path: Path) -> None:
+    p = _write(tmp_path, GOOD.replace("port: 2022", "port: true\n    port: 1"))
+    errors = _errors(p)
+    assert f"{p}:4 listeners.ssh.port: expected an integer 1-65535, got true" in errors
+    assert f"{p}:5 listeners.ssh.port: duplicate key" in errors
+
+
+def test_yaml_syntax_error_has_a_line(tmp_path: Path) -> None:
+    p = _write(tmp_path, GOOD.replace("  ssh:\n    port: 2022", "  ssh:\n    port: [2022"))
+    [error] = _errors(p)
+    assert error.startswith(f"{p}:") and "YAML syntax error" in error
+
+
+def test_unsafe_yaml_tags_are_refused(tmp_path: Path) -> None:
+    p = _write(tmp_path, GOOD.replace("gw.example.com", "!!python/object/apply:os.system ['true']"))
+    [error] = _errors(p)
+    assert (
+        error == f"{p}:1 hostname: YAML tag '!!python/object/apply:os.system' is not allowed here"
+    )
+
+
+def test_empty_and_missing_files(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert _errors(empty) == [f"{empty}:1: the file is empty"]
+    missing = tmp_path / "missing.yaml"
+    assert _errors(missing) == [f"{missing}:0: file not found"]
+
+
+def test_secret_inline_is_refused(tmp_path: Path) -> None:
+    p = _write(tmp_path, GOOD.replace("  key_file: secret.key", "  key: c2VjcmV0"))
+    errors = _errors(p)
+    assert [
+        f"{p}:20 secrets.key: secrets are not accepted inline; use key_file or key_env"
+    ] == errors
+
+
+def test_secret_from_environment(tmp_path: Path) -> None:
+    p = _write(tmp_path, GOOD.replace("  key_file: secret.key", "  key_env: RG_KEY"))
+    cfg = load_config(p, env={"RG_KEY": "from-env"})
+    assert cfg.secrets.key.value == b"from-env"
+    assert cfg.secrets.key.origin == "env RG_KEY"
+    assert _errors(p, env={}) == [
+        f"{p}:20 secrets.key_env: environment variable RG_KEY is not set or empty"
+    ]
+
+
+def test_unreadable_secret_file(tmp_path: Path) -> None:
+    p = _write(tmp_path, GOOD.replace("key_file: secret.key", "key_file: nowhere.key"))
+    assert _errors(p) == [
+        f"{p}:20 secrets.key_file: cannot read secret file '{tmp_path / 'nowhere.key'}':"
+        " No such file or directory"
+    ]
+
+
+def test_cross_checks(tmp_path: Path) -> None:
+    text = GOOD.replace("    port: 9993", "    port: 2022").replace("[host_key]", "[gone_key]")
+    text = text.replace("mail.example.com", "mail.example.com\n    ca_file: missing-ca.pem")
+    text += "auth:\n  lockout:\n    user_threshold: 50\n    hard_lock_after: 40\n"
+    p = _write(tmp_path, text)
+    errors = _errors(p)
+    assert f"{p}:7 listeners.imaps.port: port 2022 is already used by listeners.ssh" in errors
+    assert f"{p}:13 ssh.host_key_files[0]: file not found: {tmp_path / 'gone_key'}" in errors
+    assert f"{p}:17 upstream.imap.ca_file: file not found: {tmp_path / 'missing-ca.pem'}" in errors
+    assert f"{p}:25 auth.lockout.hard_lock_after: must be larger than user_threshold" in errors
+
+
+def test_plaintext_upstream_only_on_loopback(tmp_path: Path) -> None:
+    p = _write(tmp_path, GOOD.replace("tls: implicit", "tls: none"))
+    assert _errors(p) == [
+        f"{p}:18 upstream.imap.tls: 'none' is only allowed for an upstream on this machine (loopback)"
+    ]
+    local = _write(
+        tmp_path,
+        GOOD.replace("tls: implicit", "tls: none").replace("mail.example.com", "127.0.0.1"),
+    )
+    assert load_config(local).upstream.imap.tls == "none"
+
+
+def test_hard_lock_cannot_reach_one_hundred(tmp_path: Path) -> None:
+    p = _write(tmp_path, GOOD + "auth:\n  lockout:\n    hard_lock_after: 100\n")
+    assert _errors(p) == [f"{p}:23 auth.lockout.hard_lock_after: expected an integer 2-99, got 100"]
