@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from roamgate import __version__
-from roamgate.commands import audit_log, setup, tokens, users
+from roamgate.commands import audit_log, sessions, setup, tokens, users
 from roamgate.commands.common import CliError
 from roamgate.config import ConfigError, load_config
 from roamgate.runtime import Runtime, SetupError, open_runtime
@@ -162,6 +162,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=tokens.issue_backup_codes, needs="runtime")
+
+    session = sub.add_parser("session", help="travel windows and live sessions").add_subparsers(
+        dest="action", metavar="ACTION"
+    )
+    session.required = True
+    p = session.add_parser("list", parents=[cfg], help="show travel windows and live sessions")
+    p.add_argument("--user")
+    p.add_argument("--all", action="store_true", help="include ended ones")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=sessions.list_sessions, needs="runtime")
+    p = session.add_parser("revoke", parents=[cfg], help="end a travel window or a live session")
+    p.add_argument("id", nargs="?", help="win_... or ses_...")
+    p.add_argument("--user", help="revoke all of this user's windows and sessions")
+    p.set_defaults(run=sessions.revoke, needs="runtime")
 
     p = sub.add_parser("audit", parents=[cfg], help="search the audit trail")
     p.add_argument("--user")

@@ -103,6 +103,8 @@ class AuthSettings:
     """How logins are checked."""
 
     password_verifier: Literal["upstream", "local"] = "upstream"  # noqa: S105
+    # After a password+code login the device may use the password alone this long (0: never).
+    travel_window_seconds: int = field(default=12 * 3600, metadata=int_range(0, 30 * 86400))
     otp: OtpSettings = field(default_factory=OtpSettings)
     lockout: Lockout = field(default_factory=Lockout)
 

@@ -63,7 +63,15 @@ async def open_runtime(
         second = SecondFactor(store, box, cfg.auth.otp, clock)
         throttle = Throttle(store, auditor, cfg.auth.lockout, clock)
         verifier = make_verifier(cfg)
-        authenticator = Authenticator(store, verifier, second, throttle, auditor, clock)
+        authenticator = Authenticator(
+            store,
+            verifier,
+            second,
+            throttle,
+            auditor,
+            clock,
+            travel_window_seconds=cfg.auth.travel_window_seconds,
+        )
         yield Runtime(cfg, store, box, auditor, second, throttle, verifier, authenticator, clock)
     finally:
         await store.close()

@@ -271,7 +271,9 @@ class _Binder:
                         values[name] = bound
                         continue
                 self.issues.append(
-                    ConfigIssue(self._owner_line(path, node), _join(path, name), "missing required key")
+                    ConfigIssue(
+                        self._owner_line(path, node), _join(path, name), "missing required key"
+                    )
                 )
                 ok = False
         for key in given:

@@ -53,7 +53,9 @@ async def rig(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Rig]:
     auditor = Auditor(store, audit_file, clock)
     second = SecondFactor(store, box, OtpSettings(), clock)
     throttle = Throttle(store, auditor, Lockout(), clock)
-    auth = Authenticator(store, LocalVerifier(), second, throttle, auditor, clock)
+    auth = Authenticator(
+        store, LocalVerifier(), second, throttle, auditor, clock, travel_window_seconds=3600
+    )
     user = await store.add_user("alice", clock(), password_hash=hash_password(PASSWORD))
     token = await second.enroll(user, "totp")
     yield Rig(store, clock, auditor, second, throttle, auth, user, token, audit_file)
@@ -99,7 +101,7 @@ async def test_code_window_and_clock_skew(rig: Rig) -> None:
 async def test_backup_code_works_once(rig: Rig) -> None:
     codes = await rig.second.issue_backup_codes(rig.user)
     assert await login(rig, codes[3]) == "ok"
-    assert await login(rig, codes[3]) == "bad_code:wrong"
+    assert await login(rig, codes[3]) == "bad_code:replay"
     assert await login(rig, f"{codes[4][:5]}-{codes[4][5:]}") == "ok"
     assert await rig.store.count_backup_codes(rig.user.id) == 8
 
@@ -214,3 +216,58 @@ async def test_token_secret_is_not_in_the_database_file(tmp_path: Path, clock: F
         assert m.secret.lower().encode() not in raw
         assert base64.b32decode(m.secret) not in raw
     assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+async def combined(rig: Rig, text: str, device: str = "addr:192.0.2.10", source: str = IP) -> str:
+    result = await rig.auth.login_combined("alice", text, source=source, door="imap", device=device)
+    return result.reason if not result.ok else f"ok:{result.factor}"
+
+
+async def test_one_field_carries_password_then_code(rig: Rig) -> None:
+    assert await combined(rig, PASSWORD + "000000") == "bad_code:wrong"
+    assert await combined(rig, PASSWORD) == "bad_code:malformed"  # no code, no window
+    assert await combined(rig, PASSWORD + rig.code()) == "ok:totp"
+    [window] = await rig.store.list_travel_windows(rig.clock())
+    assert (window.device, window.expires_at) == ("addr:192.0.2.10", rig.clock() + 3600)
+
+
+async def test_password_ending_in_digits_with_backup_code(rig: Rig) -> None:
+    await rig.store.set_password_hash("alice", hash_password("Secret2024"), rig.clock())
+    codes = await rig.second.issue_backup_codes(rig.user)
+    assert await combined(rig, "Secret2024" + codes[0]) == "ok:backup"
+    assert await combined(rig, "Secret2024" + rig.code(), device="addr:x") == "ok:totp"
+
+
+async def test_travel_window_lets_the_same_device_in_with_the_password(rig: Rig) -> None:
+    code = rig.code()
+    assert await combined(rig, PASSWORD + code) == "ok:totp"
+    rig.clock.advance(600)
+    # The client re-sends what it saved (password + the old code), or the user types only the
+    # password: both pass inside the window, and neither uses up anything.
+    assert await combined(rig, PASSWORD + code) == "ok:window"
+    assert await combined(rig, PASSWORD) == "ok:window"
+    assert await combined(rig, "wrong-password") == "bad_password"
+    # Another device, or the same one after the window, needs a code again.
+    assert await combined(rig, PASSWORD, device="addr:198.51.100.7") == "bad_code:malformed"
+    rig.clock.advance(3600)
+    assert await combined(rig, PASSWORD + code) == "bad_code:wrong"
+    assert await combined(rig, PASSWORD) == "bad_code:malformed"
+    events = await rig.store.query_audit(kind="auth", result="ok")
+    assert [e.factor for e in events] == ["password+totp", "password+window", "password+window"]
+
+
+async def test_a_revoked_window_needs_a_code_again(rig: Rig) -> None:
+    assert await combined(rig, PASSWORD + rig.code()) == "ok:totp"
+    [window] = await rig.store.list_travel_windows(rig.clock())
+    assert await rig.store.revoke_travel_window(window.id, rig.clock())
+    assert await combined(rig, PASSWORD) == "bad_code:malformed"
+
+
+async def test_a_hold_can_refuse_a_good_login(rig: Rig) -> None:
+    async def callback_not_answered(user: UserRecord, source: str, door: str) -> str | None:
+        return "callback_unanswered"
+
+    rig.auth.holds.append(callback_not_answered)
+    assert await combined(rig, PASSWORD + rig.code()) == "callback_unanswered"
+    [event] = await rig.store.query_audit(result="fail")
+    assert (event.reason, event.factor) == ("callback_unanswered", "hold")

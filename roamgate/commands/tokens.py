@@ -151,7 +151,9 @@ async def check(rt: Runtime, args: argparse.Namespace) -> int:
         )
         print(f"ok: the code is right for {user.name}, {what}; it is now used up")
         return 0
-    if result.reason == "replay":
+    if result.reason == "replay" and result.factor == "backup":
+        print("already used: this backup code was used before; each one works once")
+    elif result.reason == "replay":
         print(
             f"already used: the code is right for token {result.token_id} but was accepted"
             " before; each code works once, wait for the next one"

@@ -120,9 +120,19 @@ async def list_users(rt: Runtime, args: argparse.Namespace) -> int:
 
 async def set_enabled(rt: Runtime, args: argparse.Namespace, enabled: bool) -> int:
     user = await require_user(rt, args.user)
-    await rt.store.set_user_enabled(user.name, enabled, rt.clock())
+    now = rt.clock()
+    await rt.store.set_user_enabled(user.name, enabled, now)
     kind = "user_enable" if enabled else "user_disable"
-    await rt.auditor.record(kind, "ok", user=user.name, actor=actor())
+    windows = ended = 0
+    if not enabled:
+        # Someone who leaves is shut out now, not when their travel window runs out.
+        windows = await rt.store.revoke_user_travel_windows(user.name, now)
+        for s in await rt.store.list_sessions():
+            if s.user_name == user.name and await rt.store.request_session_end(s.id, now):
+                ended += 1
+    await rt.auditor.record(
+        kind, "ok", user=user.name, actor=actor(), detail={"windows": windows, "sessions": ended}
+    )
     print(f"user {user.name} {'enabled' if enabled else 'disabled'}")
     return 0
 

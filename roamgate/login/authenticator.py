@@ -1,22 +1,25 @@
-"""The login decision shared by every front door: locks, password, code, throttling, audit.
+"""The login decision shared by every front door: locks, password, code, travel window, audit.
 
 Order matters: locks are checked before anything is verified (a locked account reveals
-nothing and burns no code), the password before the code (a wrong password leaves a good code
-unused), and each attempt ends in exactly one audit event with the reason, which the peer
-never sees: every failure looks the same from outside.
+nothing and burns no code), the password before the code is used up (a wrong password leaves a
+good code usable), and each attempt ends in exactly one audit event with the reason, which the
+peer never sees: every failure looks the same from outside.
 """
 
 from __future__ import annotations
 
+import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from roamgate.audit import Auditor
-from roamgate.login.second_factor import SecondFactor
+from roamgate.auth.credentials import split_candidates
+from roamgate.login.second_factor import FactorResult, SecondFactor
 from roamgate.login.throttle import Throttle
 from roamgate.login.verifiers import Outcome, PasswordVerifier
-from roamgate.store.base import Store, UserRecord
+from roamgate.store.base import JsonValue, Store, TravelWindow, UserRecord
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,16 @@ class LoginResult:
     user: UserRecord | None = None
     factor: str | None = None
     temporary: bool = False  # the gateway could not decide (upstream down): try again later
+    window: TravelWindow | None = None
+
+
+class LoginHold(Protocol):
+    """A last step that may hold or refuse a login whose factors were good (e.g. a callback).
+
+    Returns None to let the login through, or a reason to refuse it.
+    """
+
+    async def __call__(self, user: UserRecord, source: str, door: str) -> str | None: ...
 
 
 class Authenticator:
@@ -41,6 +54,9 @@ class Authenticator:
         throttle: Throttle,
         auditor: Auditor,
         clock: Callable[[], float] = time.time,
+        *,
+        travel_window_seconds: int = 0,
+        holds: Sequence[LoginHold] = (),
     ) -> None:
         self.store = store
         self.verifier = verifier
@@ -48,27 +64,106 @@ class Authenticator:
         self.throttle = throttle
         self.auditor = auditor
         self.clock = clock
+        self.travel_window_seconds = travel_window_seconds
+        self.holds = list(holds)
 
     async def login(
-        self, username: str, password: str, code: str, *, source: str, door: str
+        self,
+        username: str,
+        password: str,
+        code: str,
+        *,
+        source: str,
+        door: str,
+        verifier: PasswordVerifier | None = None,
     ) -> LoginResult:
+        """Password and code given apart (SSH asks for each; the CLI and tests too)."""
+        user, refused = await self._admit(username, source, door)
+        if user is None:
+            return refused
+        outcome = await (verifier or self.verifier).verify(user, password)
+        if outcome is not Outcome.ACCEPTED:
+            return await self._password_failed(user, source, door, outcome)
+        return await self._second_factor(user, code, source, door, device=None)
+
+    async def login_combined(
+        self,
+        username: str,
+        combined: str,
+        *,
+        source: str,
+        door: str,
+        device: str,
+        verifier: PasswordVerifier | None = None,
+    ) -> LoginResult:
+        """One field carrying the password followed by the code, as mail clients send it.
+
+        Within a travel window for this device the password alone is enough, and a client
+        re-sending the password with the code it saved earlier is let in too.
+        """
+        user, refused = await self._admit(username, source, door)
+        if user is None:
+            return refused
+        check = verifier or self.verifier
+        window = None
+        if self.travel_window_seconds > 0:
+            window = await self.store.find_travel_window(user.name, device, self.clock())
+        candidates = split_candidates(combined, await self.second.code_lengths(user))
+        # Prefer the split whose suffix is a code the user can use right now.
+        chosen: tuple[str, str] | None = None
+        for password, code in candidates:
+            if (await self.second.peek(user, code)).ok:
+                chosen = (password, code)
+                break
+        if window is not None and chosen is None:
+            # The stale-code form first: that is what a client that saved its password sends.
+            tries = [p for p, _c in candidates[-1:]] + [combined]
+            outcome = Outcome.REJECTED
+            for password in dict.fromkeys(tries):
+                outcome = await check.verify(user, password)
+                if outcome is not Outcome.REJECTED:
+                    break
+            if outcome is not Outcome.ACCEPTED:
+                return await self._password_failed(user, source, door, outcome)
+            return await self._admitted(
+                user, source, door, "window", window=window, detail={"window_id": window.id}
+            )
+        if chosen is None:
+            # No usable code in sight; still check the password, so that the time taken and
+            # the audit trail do not depend on which factor was wrong.
+            chosen = candidates[-1] if candidates else (combined, "")
+        password, code = chosen
+        outcome = await check.verify(user, password)
+        if outcome is not Outcome.ACCEPTED:
+            return await self._password_failed(user, source, door, outcome)
+        return await self._second_factor(user, code, source, door, device=device)
+
+    # -- steps
+    async def _admit(
+        self, username: str, source: str, door: str
+    ) -> tuple[UserRecord | None, LoginResult]:
         lock = await self.throttle.check(username, source)
         if lock is not None:
-            return await self._refuse(
+            refused = await self._refuse(
                 username, source, door, f"{lock.scope}_locked", count=False, factor=None
             )
+            return None, refused
         user = await self.store.get_user(username)
         if user is None:
-            return await self._refuse(username, source, door, "unknown_user", factor="password")
+            return None, await self._refuse(username, source, door, "unknown_user", factor="password")
         if not user.enabled:
-            return await self._refuse(username, source, door, "disabled", factor=None)
-        outcome = await self.verifier.verify(user, password)
+            return None, await self._refuse(username, source, door, "disabled", factor=None)
+        return user, LoginResult(True, "admitted", user)
+
+    async def _password_failed(
+        self, user: UserRecord, source: str, door: str, outcome: Outcome
+    ) -> LoginResult:
         if outcome is Outcome.UNAVAILABLE:
             # Not the user's fault: nothing is counted, the client is told to retry later.
             await self.auditor.record(
                 "auth",
                 "error",
-                user=username,
+                user=user.name,
                 source=source,
                 door=door,
                 factor="password",
@@ -76,32 +171,64 @@ class Authenticator:
                 detail={"verifier": self.verifier.name},
             )
             return LoginResult(False, "verifier_unavailable", user, "password", temporary=True)
-        if outcome is Outcome.REJECTED:
-            return await self._refuse(username, source, door, "bad_password", factor="password")
-        checked = await self.second.verify(user, code)
+        return await self._refuse(user.name, source, door, "bad_password", factor="password")
+
+    async def _second_factor(
+        self, user: UserRecord, code: str, source: str, door: str, *, device: str | None
+    ) -> LoginResult:
+        checked: FactorResult = await self.second.verify(user, code)
         if not checked.ok:
-            detail: dict[str, str | int | None] = {"token_id": checked.token_id}
+            detail: dict[str, JsonValue] = {"token_id": checked.token_id}
             if checked.drift_steps is not None:
                 detail["drift_steps"] = checked.drift_steps
             return await self._refuse(
-                username,
+                user.name,
                 source,
                 door,
                 f"bad_code:{checked.reason}",
                 factor=checked.factor or "otp",
                 detail=detail,
             )
+        window = None
+        detail = {"token_id": checked.token_id}
+        if device is not None and self.travel_window_seconds > 0:
+            now = self.clock()
+            window = await self.store.open_travel_window(
+                "win_" + secrets.token_hex(6),
+                user.name,
+                device,
+                door,
+                now,
+                now + self.travel_window_seconds,
+            )
+            detail["window_id"] = window.id
+        return await self._admitted(user, source, door, checked.factor or "otp", window, detail)
+
+    async def _admitted(
+        self,
+        user: UserRecord,
+        source: str,
+        door: str,
+        factor: str,
+        window: TravelWindow | None,
+        detail: dict[str, JsonValue],
+    ) -> LoginResult:
+        for hold in self.holds:
+            reason = await hold(user, source, door)
+            if reason is not None:
+                return await self._refuse(user.name, source, door, reason, factor="hold", count=False)
         await self.throttle.success(user.name)
+        detail["verifier"] = self.verifier.name
         await self.auditor.record(
             "auth",
             "ok",
-            user=username,
+            user=user.name,
             source=source,
             door=door,
-            factor=f"password+{checked.factor}",
-            detail={"token_id": checked.token_id, "verifier": self.verifier.name},
+            factor=f"password+{factor}",
+            detail=detail,
         )
-        return LoginResult(True, "ok", user, checked.factor)
+        return LoginResult(True, "ok", user, factor, window=window)
 
     async def _refuse(
         self,
@@ -112,7 +239,7 @@ class Authenticator:
         *,
         factor: str | None,
         count: bool = True,
-        detail: dict[str, str | int | None] | None = None,
+        detail: dict[str, JsonValue] | None = None,
     ) -> LoginResult:
         await self.auditor.record(
             "auth",

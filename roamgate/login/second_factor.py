@@ -88,18 +88,34 @@ class SecondFactor:
         return codes
 
     # -- checking
+    async def code_lengths(self, user: UserRecord) -> set[int]:
+        """The code lengths this user can present: their tokens' digits, and backup codes."""
+        lengths = {t.digits for t in await self.store.list_tokens(user.id)}
+        if await self.store.count_backup_codes(user.id):
+            lengths.add(backup_codes.CODE_DIGITS)
+        return lengths
+
+    async def peek(self, user: UserRecord, code: str) -> FactorResult:
+        """What verify would say, without using the code up."""
+        return await self._evaluate(user, code, consume=False)
+
     async def verify(self, user: UserRecord, code: str) -> FactorResult:
         """Check a code against the user's tokens, or as a backup code; consume it if good."""
+        return await self._evaluate(user, code, consume=True)
+
+    async def _evaluate(self, user: UserRecord, code: str, *, consume: bool) -> FactorResult:
         backup = backup_codes.parse(code)
         if backup is not None:
-            return await self._verify_backup(user, backup)
+            return await self._backup(user, backup, consume=consume)
         tokens = await self.store.list_tokens(user.id)
         if not tokens:
             return FactorResult(False, "no_token")
         checks = [(t, self._check(t, code)) for t in tokens]
         for token, check in checks:
             if check.verdict is Verdict.OK and check.new_state is not None:
-                if await self.store.advance_token_state(token.id, check.new_state, self.clock()):
+                if not consume or await self.store.advance_token_state(
+                    token.id, check.new_state, self.clock()
+                ):
                     return FactorResult(True, "ok", token.kind, token.id, check.drift_steps)
                 # Another attempt won the compare-and-set with this very code.
                 return FactorResult(False, "replay", token.kind, token.id)
@@ -148,11 +164,15 @@ class SecondFactor:
             _hotp(token, secret), code, token.state or 0, look_ahead=s.hotp_look_ahead
         )
 
-    async def _verify_backup(self, user: UserRecord, code: str) -> FactorResult:
-        if await self.store.consume_backup_code(
-            user.id, self._backup_hash(user, code), self.clock()
-        ):
+    async def _backup(self, user: UserRecord, code: str, *, consume: bool) -> FactorResult:
+        code_hash = self._backup_hash(user, code)
+        if consume:
+            if await self.store.consume_backup_code(user.id, code_hash, self.clock()):
+                return FactorResult(True, "ok", "backup")
+        elif await self.store.backup_code_status(user.id, code_hash) == "unused":
             return FactorResult(True, "ok", "backup")
+        if await self.store.backup_code_status(user.id, code_hash) == "used":
+            return FactorResult(False, "replay", "backup")
         return FactorResult(False, "wrong", "backup")
 
     def _backup_hash(self, user: UserRecord, code: str) -> bytes:

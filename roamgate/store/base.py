@@ -97,6 +97,19 @@ class SessionRecord:
 
 
 @dataclass(frozen=True)
+class TravelWindow:
+    """A device that may log in with the password alone until expires_at."""
+
+    id: str
+    user_name: str
+    device: str
+    door: str
+    created_at: float
+    expires_at: float
+    revoked_at: float | None = None
+
+
+@dataclass(frozen=True)
 class AuditRecord:
     """One audited event. detail holds extra facts; never a password, code or secret."""
 
@@ -194,6 +207,10 @@ class Store(abc.ABC):
         """Mark an unused code used; True for exactly one caller."""
 
     @abc.abstractmethod
+    async def backup_code_status(self, user_id: int, code_hash: bytes) -> str | None:
+        """'unused', 'used', or None if the user has no such code. Changes nothing."""
+
+    @abc.abstractmethod
     async def count_backup_codes(self, user_id: int) -> int:
         """How many unused codes the user has left."""
 
@@ -261,6 +278,30 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list_sessions(self, *, open_only: bool = True) -> list[SessionRecord]: ...
+
+    # -- travel windows
+    @abc.abstractmethod
+    async def open_travel_window(
+        self, window_id: str, user_name: str, device: str, door: str, now: float, expires_at: float
+    ) -> TravelWindow:
+        """Open a window for (user, device), or restart the one it has (new id and expiry)."""
+
+    @abc.abstractmethod
+    async def find_travel_window(
+        self, user_name: str, device: str, now: float
+    ) -> TravelWindow | None:
+        """The window in force for (user, device) at now: not revoked, not expired."""
+
+    @abc.abstractmethod
+    async def list_travel_windows(
+        self, now: float, *, user_name: str | None = None, include_ended: bool = False
+    ) -> list[TravelWindow]: ...
+
+    @abc.abstractmethod
+    async def revoke_travel_window(self, window_id: str, now: float) -> bool: ...
+
+    @abc.abstractmethod
+    async def revoke_user_travel_windows(self, user_name: str, now: float) -> int: ...
 
     # -- audit
     @abc.abstractmethod

@@ -24,6 +24,7 @@ from roamgate.store.base import (
     ThrottleRecord,
     ThrottleScope,
     TokenRecord,
+    TravelWindow,
     UserRecord,
 )
 
@@ -39,6 +40,7 @@ _SESSION_COLS = (
     "id, user_name, door, source, device, node, started_at, last_seen_at, ended_at,"
     " end_reason, end_requested_at, bytes_in, bytes_out"
 )
+_WINDOW_COLS = "id, user_name, device, door, created_at, expires_at, revoked_at"
 _AUDIT_COLS = "id, ts, kind, result, user_name, source, door, factor, reason, actor, detail"
 
 
@@ -313,6 +315,15 @@ class SqliteStore(Store):
         )
         return n == 1
 
+    async def backup_code_status(self, user_id: int, code_hash: bytes) -> str | None:
+        row = await self._one(
+            "SELECT used_at FROM backup_codes WHERE user_id = ? AND code_hash = ?",
+            (user_id, code_hash),
+        )
+        if row is None:
+            return None
+        return "unused" if row[0] is None else "used"
+
     async def count_backup_codes(self, user_id: int) -> int:
         row = await self._one(
             "SELECT count(*) FROM backup_codes WHERE user_id = ? AND used_at IS NULL", (user_id,)
@@ -457,6 +468,60 @@ class SqliteStore(Store):
         clause = " WHERE ended_at IS NULL" if open_only else ""
         rows = await self._all(f"SELECT {_SESSION_COLS} FROM sessions{clause} ORDER BY started_at")
         return [_session(r) for r in rows]
+
+    # -- travel windows
+    async def open_travel_window(
+        self, window_id: str, user_name: str, device: str, door: str, now: float, expires_at: float
+    ) -> TravelWindow:
+        row = await self._one(
+            f"INSERT INTO travel_windows ({_WINDOW_COLS}) VALUES (?, ?, ?, ?, ?, ?, NULL)"
+            " ON CONFLICT (user_name, device) DO UPDATE SET id = excluded.id,"
+            " door = excluded.door, created_at = excluded.created_at,"
+            f" expires_at = excluded.expires_at, revoked_at = NULL RETURNING {_WINDOW_COLS}",
+            (window_id, user_name, device, door, now, expires_at),
+        )
+        assert row is not None
+        return TravelWindow(*row)
+
+    async def find_travel_window(
+        self, user_name: str, device: str, now: float
+    ) -> TravelWindow | None:
+        row = await self._one(
+            f"SELECT {_WINDOW_COLS} FROM travel_windows WHERE user_name = ? AND device = ?"
+            " AND revoked_at IS NULL AND expires_at > ?",
+            (user_name, device, now),
+        )
+        return TravelWindow(*row) if row else None
+
+    async def list_travel_windows(
+        self, now: float, *, user_name: str | None = None, include_ended: bool = False
+    ) -> list[TravelWindow]:
+        where: list[str] = []
+        params: list[Any] = []
+        if user_name is not None:
+            where.append("user_name = ?")
+            params.append(user_name)
+        if not include_ended:
+            where.append("revoked_at IS NULL AND expires_at > ?")
+            params.append(now)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._all(
+            f"SELECT {_WINDOW_COLS} FROM travel_windows{clause} ORDER BY created_at", params
+        )
+        return [TravelWindow(*r) for r in rows]
+
+    async def revoke_travel_window(self, window_id: str, now: float) -> bool:
+        n = await self._run(
+            "UPDATE travel_windows SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+            (now, window_id),
+        )
+        return n == 1
+
+    async def revoke_user_travel_windows(self, user_name: str, now: float) -> int:
+        return await self._run(
+            "UPDATE travel_windows SET revoked_at = ? WHERE user_name = ? AND revoked_at IS NULL",
+            (now, user_name),
+        )
 
     # -- audit
     async def append_audit(self, record: AuditRecord) -> int:

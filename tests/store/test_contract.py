@@ -153,7 +153,10 @@ async def test_backup_codes_are_single_use_and_replaced_whole(store: Store) -> N
     u = await store.add_user("gina", T0)
     await store.replace_backup_codes(u.id, [b"a", b"b", b"c"], T0)
     assert await store.count_backup_codes(u.id) == 3
+    assert await store.backup_code_status(u.id, b"b") == "unused"
     assert await store.consume_backup_code(u.id, b"b", T0 + 1)
+    assert await store.backup_code_status(u.id, b"b") == "used"
+    assert await store.backup_code_status(u.id, b"nope") is None
     assert not await store.consume_backup_code(u.id, b"b", T0 + 2)
     assert not await store.consume_backup_code(u.id, b"zzz", T0 + 2)
     assert await store.count_backup_codes(u.id) == 2
@@ -267,3 +270,34 @@ async def test_audit_query_filters_and_retention(store: Store) -> None:
     assert [r.ts for r in await store.query_audit(limit=2)] == [T0 + 4, T0 + 5]  # the newest
     assert await store.delete_audit_before(T0 + 3) == 3
     assert len(await store.query_audit()) == 3
+
+
+async def test_travel_windows(store: Store) -> None:
+    w = await store.open_travel_window("win_1", "lena", "addr:192.0.2.5", "imaps", T0, T0 + 100)
+    assert (w.id, w.device, w.expires_at, w.revoked_at) == (
+        "win_1",
+        "addr:192.0.2.5",
+        T0 + 100,
+        None,
+    )
+    assert await store.find_travel_window("lena", "addr:192.0.2.5", T0 + 99) == w
+    assert await store.find_travel_window("lena", "addr:192.0.2.5", T0 + 100) is None  # expired
+    assert await store.find_travel_window("lena", "addr:192.0.2.6", T0) is None  # other device
+    assert await store.find_travel_window("otto", "addr:192.0.2.5", T0) is None  # other user
+    # A new password+code login restarts the device's window under a new id.
+    again = await store.open_travel_window(
+        "win_2", "lena", "addr:192.0.2.5", "imap", T0 + 50, T0 + 150
+    )
+    assert (again.id, again.expires_at) == ("win_2", T0 + 150)
+    await store.open_travel_window("win_3", "lena", "cert:AB", "imaps", T0, T0 + 100)
+    assert [x.id for x in await store.list_travel_windows(T0 + 120)] == ["win_2"]
+    assert [x.id for x in await store.list_travel_windows(T0 + 120, include_ended=True)] == [
+        "win_3",
+        "win_2",
+    ]
+    assert await store.revoke_travel_window("win_2", T0 + 60)
+    assert not await store.revoke_travel_window("win_2", T0 + 61)
+    assert await store.find_travel_window("lena", "addr:192.0.2.5", T0 + 70) is None
+    await store.open_travel_window("win_4", "lena", "addr:192.0.2.9", "imaps", T0, T0 + 500)
+    assert await store.revoke_user_travel_windows("lena", T0 + 80) == 2
+    assert await store.list_travel_windows(T0 + 81, user_name="lena") == []
