@@ -168,9 +168,10 @@ def test_backup_codes_sheet_and_single_use(gateway_dir: Path) -> None:
     codes = re.findall(r"\d{5}-\d{5}", sheet.stdout)
     assert len(codes) == 10 and "works once" in sheet.stdout
     assert run_cli("token", "check", "carol", codes[0], *c).stdout.startswith("ok:")
-    assert run_cli("token", "check", "carol", codes[0], *c).stdout.startswith(
-        "wrong: not an unused backup code"
-    )
+    again = run_cli("token", "check", "carol", codes[0], *c)
+    assert again.stdout.startswith("already used: this backup code")
+    made_up = run_cli("token", "check", "carol", "1234567890", *c)
+    assert made_up.stdout.startswith("wrong: not an unused backup code")
     assert codes[0] not in (gateway_dir / "audit.jsonl").read_text()
     listing = json.loads(run_cli("user", "list", "--json", *c).stdout)
     assert listing[0]["user"] == "carol" and listing[0]["backup_codes_left"] == 9
