@@ -1,0 +1,1 @@
+"""Tests for the sans-IO IMAP codec: parsers, assembler and serializer."""
