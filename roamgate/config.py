@@ -72,6 +72,32 @@ class Upstream:
 
 
 @dataclass(frozen=True)
+class ImapProxySettings:
+    """The IMAP doors (imaps and imap+STARTTLS): timeouts, caps and how the upstream login is made."""
+
+    login_grace_seconds: int = field(default=120, metadata=int_range(10, 600))
+    # A logged-in client silent this long (not in IDLE, nothing outstanding) is logged out.
+    idle_timeout_seconds: int = field(default=1800, metadata=int_range(60, 86400))
+    # Upstream IDLE is renewed before servers drop it at 30 minutes (RFC 2177).
+    idle_renew_seconds: int = field(default=1500, metadata=int_range(30, 1740))
+    keepalive_seconds: int = field(default=120, metadata=int_range(10, 1800))
+    max_connections: int = field(default=1000, metadata=int_range(1, 100000))
+    max_connections_per_source: int = field(default=20, metadata=int_range(1, 10000))
+    # Wait before answering a failed login: slows guessing, hides which factor failed.
+    failure_delay_ms: int = field(default=1000, metadata=int_range(0, 10000))
+    max_login_failures: int = field(default=3, metadata=int_range(1, 10))
+    # How long a revoked session may run on before this node notices (it polls the store).
+    session_check_seconds: int = field(default=5, metadata=int_range(1, 300))
+    # passthrough: log in upstream as the user with their password. master: as
+    # `user<separator>master_user` with the master password (Dovecot master users), for
+    # password verifiers whose password the upstream does not know.
+    upstream_login: Literal["passthrough", "master"] = "passthrough"
+    master_user: str | None = None
+    master_password: Secret | None = None
+    master_separator: str = "*"
+
+
+@dataclass(frozen=True)
 class OtpSettings:
     """One-time password policy."""
 
@@ -149,6 +175,7 @@ class Config:
     tls: TlsFiles
     listeners: Listeners = field(default_factory=Listeners)
     ssh: SshSettings | None = None
+    imap_proxy: ImapProxySettings = field(default_factory=ImapProxySettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
@@ -206,6 +233,16 @@ def _cross_checks(cfg: Config, lines: dict[str, int]) -> list[ConfigIssue]:
         bound[(listener.host, listener.port)] = name
     if cfg.listeners.ssh is not None and cfg.listeners.ssh.enabled and cfg.ssh is None:
         at("listeners.ssh", "the SSH door needs an ssh: section with host_key_files")
+
+    proxy = cfg.imap_proxy
+    if proxy.upstream_login == "master":
+        if not proxy.master_user:
+            at("imap_proxy.master_user", "upstream_login: master needs master_user")
+        if proxy.master_password is None:
+            at(
+                "imap_proxy.master_password_file",
+                "upstream_login: master needs master_password_file",
+            )
 
     files: list[tuple[str, Path | None]] = [
         ("tls.cert_file", cfg.tls.cert_file),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -28,10 +29,18 @@ DoorFactory = Callable[[Runtime, Listener], Awaitable[Door]]
 # Filled in by the modules that implement each door; a configured door without a factory is
 # reported and stays closed.
 DOORS: dict[str, DoorFactory] = {}
+DOOR_MODULES = ("roamgate.gateway.imap_door",)
+
+
+def load_doors() -> None:
+    """Import every door module; each registers itself in DOORS (this avoids an import cycle)."""
+    for module in DOOR_MODULES:
+        importlib.import_module(module)
 
 
 async def serve(cfg: Config, *, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
+    load_doors()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)

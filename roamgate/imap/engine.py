@@ -88,6 +88,11 @@ class ParserEngine:
 
     # -- public API ---------------------------------------------------------------------------
 
+    def set_limits(self, limits: Limits) -> None:
+        """New caps from the next line on (after login a client may send larger commands)."""
+        self.limits = limits
+        self._tokenizer.set_max_depth(limits.max_depth)
+
     @property
     def buffered(self) -> int:
         """Bytes received but not yet turned into events (for tests and back-pressure)."""

@@ -172,6 +172,9 @@ class Tokenizer:
         self._max_depth = max_depth
         self.reset()
 
+    def set_max_depth(self, max_depth: int) -> None:
+        self._max_depth = max_depth
+
     def reset(self) -> None:
         """Forget the current line; the next run() starts right after `name SP`."""
         self._stack = []

@@ -150,7 +150,9 @@ class Authenticator:
             return None, refused
         user = await self.store.get_user(username)
         if user is None:
-            return None, await self._refuse(username, source, door, "unknown_user", factor="password")
+            return None, await self._refuse(
+                username, source, door, "unknown_user", factor="password"
+            )
         if not user.enabled:
             return None, await self._refuse(username, source, door, "disabled", factor=None)
         return user, LoginResult(True, "admitted", user)
@@ -216,7 +218,9 @@ class Authenticator:
         for hold in self.holds:
             reason = await hold(user, source, door)
             if reason is not None:
-                return await self._refuse(user.name, source, door, reason, factor="hold", count=False)
+                return await self._refuse(
+                    user.name, source, door, reason, factor="hold", count=False
+                )
         await self.throttle.success(user.name)
         detail["verifier"] = self.verifier.name
         await self.auditor.record(

@@ -1,0 +1,508 @@
+"""The TLS front door: IMAPS and IMAP+STARTTLS listeners, the login, then the relay."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import ssl
+import time
+from collections.abc import Sequence
+
+from roamgate.config import Listener
+from roamgate.gateway.imap_relay import ImapRelay, RelaySettings
+from roamgate.gateway.limits import ConnectionLimiter
+from roamgate.gateway.serve import DOORS, Door
+from roamgate.gateway.tls import peer_certificate_fingerprint, server_context
+from roamgate.gateway.upstream import READ_SIZE, UpstreamError, UpstreamImap
+from roamgate.imap import capabilities
+from roamgate.imap.assemble import Assembler
+from roamgate.imap.command_parser import CommandParser
+from roamgate.imap.events import NEED_DATA, PAUSED, ConnectionClosed, Signal
+from roamgate.imap.limits import KIB, Limits
+from roamgate.imap.prelogin import (
+    Action,
+    CheckLogin,
+    Close,
+    PreLoginSession,
+    ReadRawLine,
+    Send,
+    StartTls,
+)
+from roamgate.imap.values import Response
+from roamgate.login.authenticator import LoginResult
+from roamgate.login.verifiers import Outcome, PasswordVerifier
+from roamgate.runtime import Runtime
+from roamgate.store.base import SessionRecord, UserRecord
+
+log = logging.getLogger("roamgate.imap")
+
+# Before login a client needs short lines only (LOGIN, ID, AUTHENTICATE PLAIN): small caps keep
+# an unauthenticated peer from making the gateway hold much.
+PRELOGIN_LIMITS = Limits(max_line=8 * KIB, max_literal=4 * KIB, max_depth=4)
+PRELOGIN_LITERAL_TOTAL = 8 * KIB
+# ID keys the gateway sets itself; a client must not forge its own address upstream.
+_RESERVED_ID_PREFIX = "x-"
+
+
+class Disconnect(Exception):
+    """Internal: the connection ends before login; the reason is for logs."""
+
+
+class _SessionVerifier:
+    """First factor for one login, checked by logging in to the upstream as the user.
+
+    The upstream connection that accepted the password is kept for the session, so the
+    gateway does not log in twice and never stores the password.
+    """
+
+    name = "upstream"
+
+    def __init__(self, rt: Runtime, client_id: Sequence[tuple[str, str | None]]) -> None:
+        self.rt = rt
+        self.client_id = client_id
+        self.conn: UpstreamImap | None = None
+
+    async def verify(self, user: UserRecord, password: str) -> Outcome:
+        if not password:
+            return Outcome.REJECTED
+        server = self.rt.config.upstream.imap
+        try:
+            if self.conn is None:
+                self.conn = await UpstreamImap.connect(server)
+                if self.conn.has("ID"):
+                    await asyncio.wait_for(
+                        self.conn.send_id(self.client_id), server.timeout_seconds
+                    )
+            outcome = await asyncio.wait_for(
+                self.conn.login(user.name, password), server.timeout_seconds
+            )
+        except (UpstreamError, TimeoutError, OSError, ssl.SSLError) as exc:
+            log.warning("upstream login for %s failed: %s", user.name, _reason(exc))
+            await self.discard()
+            return Outcome.UNAVAILABLE
+        if outcome is Outcome.UNAVAILABLE:
+            await self.discard()
+        return outcome
+
+    async def discard(self) -> None:
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            await conn.close()
+
+
+class _RememberingVerifier:
+    """Wraps the configured verifier and keeps the accepted password for a passthrough login."""
+
+    def __init__(self, inner: PasswordVerifier) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.password: str | None = None
+
+    async def verify(self, user: UserRecord, password: str) -> Outcome:
+        outcome = await self.inner.verify(user, password)
+        if outcome is Outcome.ACCEPTED:
+            self.password = password
+        return outcome
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, UpstreamError) else type(exc).__name__
+
+
+class ImapDoor:
+    """One listener: `imaps` (TLS from the first byte) or `imap` (STARTTLS before login)."""
+
+    def __init__(self, rt: Runtime, listener: Listener, *, name: str, implicit_tls: bool) -> None:
+        self.rt = rt
+        self.listener = listener
+        self.name = name
+        self.implicit_tls = implicit_tls
+        self.settings = rt.config.imap_proxy
+        self.ssl_context = server_context(rt.config.tls)
+        self.limiter = ConnectionLimiter(
+            self.settings.max_connections, self.settings.max_connections_per_source
+        )
+        self.relay_settings = RelaySettings(
+            idle_timeout=float(self.settings.idle_timeout_seconds),
+            idle_renew=float(self.settings.idle_renew_seconds),
+            keepalive=float(self.settings.keepalive_seconds),
+        )
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._accept,
+            self.listener.host,
+            self.listener.port,
+            ssl=self.ssl_context if self.implicit_tls else None,
+            ssl_handshake_timeout=30 if self.implicit_tls else None,
+            limit=READ_SIZE,
+        )
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        if self._connections:
+            await asyncio.wait(self._connections, timeout=10)
+        if self._server is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            peer = writer.get_extra_info("peername") or ("?", 0)
+            source, port = str(peer[0]), int(peer[1])
+            refused = self.limiter.admit(source)
+            if refused is not None or self._closing:
+                await self.rt.auditor.record(
+                    "connection_refused",
+                    "fail",
+                    source=source,
+                    door=self.name,
+                    reason=refused or "shutting_down",
+                )
+                writer.write(b"* BYE Too many connections, try again later.\r\n")
+                return
+            with self.limiter.hold(source):
+                conn = _Connection(self, reader, writer, source, port)
+                await conn.run()
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                writer.write(b"* BYE Server shutting down.\r\n")
+            raise
+        except (ConnectionError, ssl.SSLError, OSError):
+            pass  # the client went away; nothing to tell it
+        except Exception:
+            log.exception("IMAP connection failed")
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 2)
+
+
+class _Connection:
+    """One client connection from greeting to close."""
+
+    def __init__(
+        self,
+        door: ImapDoor,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        source: str,
+        port: int,
+    ) -> None:
+        self.door = door
+        self.rt = door.rt
+        self.reader = reader
+        self.writer = writer
+        self.source = source
+        self.port = port
+        self.tls = door.implicit_tls
+        self.parser = CommandParser(PRELOGIN_LIMITS)
+        self.assembler = Assembler(PRELOGIN_LITERAL_TOTAL)
+        self.session = PreLoginSession(
+            tls_active=self.tls,
+            server_name="roamgate",
+            max_failures=door.settings.max_login_failures,
+        )
+        self.deadline = time.monotonic() + door.settings.login_grace_seconds
+
+    async def run(self) -> None:
+        self.writer.write(self.session.greeting())
+        await self.writer.drain()
+        try:
+            upstream, user, device = await self._prelogin()
+        except Disconnect as exc:
+            log.debug("imap connection from %s ended before login: %s", self.source, exc)
+            return
+        await self._relay(upstream, user, device)
+
+    # -- before login
+    async def _read(self) -> None:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        data = await asyncio.wait_for(self.reader.read(READ_SIZE), left)
+        self.parser.receive_data(data)
+
+    async def _prelogin(self) -> tuple[UpstreamImap, UserRecord, str]:
+        while True:
+            event = self.parser.next_event()
+            if event is NEED_DATA:
+                try:
+                    await self._read()
+                except TimeoutError:
+                    await self._send(b"* BYE Login grace time exceeded.\r\n")
+                    raise Disconnect("login grace time exceeded") from None
+                continue
+            if event is PAUSED:
+                pending = self.parser.pending_literal
+                if pending is not None and pending.size <= self.assembler.room:
+                    self.parser.accept_literal()
+                    await self._send(b"+ Ready for literal data\r\n")
+                else:
+                    self.parser.reject_literal()
+                continue
+            assert not isinstance(event, Signal)
+            item = self.assembler.push(event)
+            if item is None or isinstance(item, Response):
+                continue
+            if isinstance(item, ConnectionClosed):
+                raise Disconnect("client closed")
+            actions = self.session.handle(item)
+            result = await self._perform(actions)
+            if result is not None:
+                return result
+
+    async def _perform(
+        self, actions: Sequence[Action]
+    ) -> tuple[UpstreamImap, UserRecord, str] | None:
+        for action in actions:
+            if isinstance(action, Send):
+                await self._send(action.data)
+            elif isinstance(action, Close):
+                raise Disconnect(action.reason)
+            elif isinstance(action, StartTls):
+                await self._start_tls()
+            elif isinstance(action, ReadRawLine):
+                self.parser.expect_raw_line()
+            elif isinstance(action, CheckLogin):
+                done = await self._login(action)
+                if done is not None:
+                    return done
+        return None
+
+    async def _send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def _start_tls(self) -> None:
+        # Whatever the client sent after STARTTLS in plaintext is discarded unread: the parser's
+        # buffer with a fresh parser, the stream's buffer by emptying it (CVE-2011-0411 class).
+        self.parser = CommandParser(PRELOGIN_LIMITS)
+        self.assembler = Assembler(PRELOGIN_LITERAL_TOTAL)
+        buffered = getattr(self.reader, "_buffer", None)
+        if isinstance(buffered, bytearray) and buffered:
+            log.info(
+                "discarded %d bytes pipelined after STARTTLS from %s", len(buffered), self.source
+            )
+            buffered.clear()
+        left = max(1.0, self.deadline - time.monotonic())
+        try:
+            await self.writer.start_tls(self.door.ssl_context, ssl_handshake_timeout=min(left, 30))
+        except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
+            raise Disconnect(f"TLS handshake failed: {type(exc).__name__}") from None
+        self.tls = True
+        self.session.tls_started()
+
+    def _device(self) -> str:
+        sslobj = self.writer.get_extra_info("ssl_object")
+        fingerprint = peer_certificate_fingerprint(sslobj)
+        if fingerprint is not None:
+            return "cert:" + fingerprint
+        return "addr:" + self.source
+
+    def _id_for_upstream(self) -> list[tuple[str, str | None]]:
+        pairs = [
+            (k, v)
+            for k, v in self.session.client_id
+            if not k.lower().startswith(_RESERVED_ID_PREFIX)
+        ][:27]
+        pairs += [
+            ("x-originating-ip", self.source),
+            ("x-originating-port", str(self.port)),
+            ("x-proxy-door", self.door.name),
+        ]
+        return pairs
+
+    async def _login(self, action: CheckLogin) -> tuple[UpstreamImap, UserRecord, str] | None:
+        cfg = self.rt.config
+        proxy = cfg.imap_proxy
+        device = self._device()
+        direct = proxy.upstream_login == "passthrough" and cfg.auth.password_verifier == "upstream"  # noqa: S105
+        session_verifier = _SessionVerifier(self.rt, self._id_for_upstream())
+        remembering = _RememberingVerifier(self.rt.verifier)
+        verifier: PasswordVerifier = session_verifier if direct else remembering
+        result: LoginResult | None = None
+        upstream: UpstreamImap | None = None
+        try:
+            result = await self.rt.authenticator.login_combined(
+                action.user,
+                action.secret,
+                source=self.source,
+                door=self.door.name,
+                device=device,
+                verifier=verifier,
+            )
+            if result.ok and result.user is not None:
+                if direct:
+                    upstream, session_verifier.conn = session_verifier.conn, None
+                else:
+                    upstream = await self._upstream_login(result.user, remembering.password)
+                if upstream is None:
+                    result = LoginResult(False, "upstream_login_failed", temporary=True)
+        finally:
+            await session_verifier.discard()
+        if not result.ok or upstream is None or result.user is None:
+            if not result.temporary and proxy.failure_delay_ms:
+                await asyncio.sleep(proxy.failure_delay_ms / 1000)
+            await self._perform(
+                self.session.login_result(action.tag, ok=False, temporary=result.temporary)
+            )
+            return None
+        caps = capabilities.filter_upstream(upstream.capabilities)
+        await self._perform(
+            self.session.login_result(action.tag, ok=True, temporary=False, caps=caps)
+        )
+        return upstream, result.user, device
+
+    async def _upstream_login(self, user: UserRecord, password: str | None) -> UpstreamImap | None:
+        """Log in upstream after a login decided by a verifier other than the upstream."""
+        cfg = self.rt.config
+        proxy = cfg.imap_proxy
+        server = cfg.upstream.imap
+        if proxy.upstream_login == "master":
+            assert proxy.master_user is not None and proxy.master_password is not None
+            login_name = f"{user.name}{proxy.master_separator}{proxy.master_user}"
+            # A password file usually ends with a newline that is not part of the password.
+            login_password = proxy.master_password.text().rstrip("\r\n")
+        else:
+            if password is None:
+                return None
+            login_name, login_password = user.name, password
+        conn: UpstreamImap | None = None
+        try:
+            conn = await UpstreamImap.connect(server)
+            if conn.has("ID"):
+                await asyncio.wait_for(
+                    conn.send_id(self._id_for_upstream()), server.timeout_seconds
+                )
+            outcome = await asyncio.wait_for(
+                conn.login(login_name, login_password), server.timeout_seconds
+            )
+        except (UpstreamError, TimeoutError, OSError, ssl.SSLError) as exc:
+            log.warning("upstream session for %s failed: %s", user.name, _reason(exc))
+            outcome = Outcome.UNAVAILABLE
+        if outcome is not Outcome.ACCEPTED:
+            if conn is not None:
+                await conn.close()
+            await self.rt.auditor.record(
+                "upstream_login",
+                "error",
+                user=user.name,
+                source=self.source,
+                door=self.door.name,
+                reason=outcome.value,
+                detail={"mode": proxy.upstream_login},
+            )
+            return None
+        return conn
+
+    # -- after login
+    async def _relay(self, upstream: UpstreamImap, user: UserRecord, device: str) -> None:
+        rt = self.rt
+        started = rt.clock()
+        began = time.monotonic()
+        session_id = "ses_" + secrets.token_hex(8)
+        await rt.store.open_session(
+            SessionRecord(
+                id=session_id,
+                user_name=user.name,
+                door=self.door.name,
+                source=self.source,
+                device=device,
+                node=rt.config.hostname,
+                started_at=started,
+                last_seen_at=started,
+            )
+        )
+        await rt.auditor.record(
+            "session_open",
+            "ok",
+            user=user.name,
+            source=self.source,
+            door=self.door.name,
+            detail={"session_id": session_id, "device": device, "tls": self.tls},
+        )
+        # After login the client may send large commands (APPEND): the post-login limits apply,
+        # and the bytes the pre-login parser already holds (pipelined commands) carry over.
+        self.parser.set_limits(Limits())
+        relay = ImapRelay(self.reader, self.writer, self.parser, upstream, self.door.relay_settings)
+        relay_task = asyncio.create_task(relay.run(), name=f"imap-relay-{session_id}")
+        reason = "closed"
+        try:
+            reason = await self._watch(relay, relay_task, session_id)
+        except asyncio.CancelledError:
+            reason = "server_shutdown"
+            await relay.end(b"Server shutting down.")
+            raise
+        finally:
+            if not relay_task.done():
+                relay_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await relay_task
+            await upstream.close()
+            now = rt.clock()
+            await rt.store.close_session(session_id, now, reason, relay.bytes_in, relay.bytes_out)
+            await rt.auditor.record(
+                "session_close",
+                "ok",
+                user=user.name,
+                source=self.source,
+                door=self.door.name,
+                reason=reason,
+                detail={
+                    "session_id": session_id,
+                    "bytes_in": relay.bytes_in,
+                    "bytes_out": relay.bytes_out,
+                    "duration_seconds": round(time.monotonic() - began, 3),
+                },
+            )
+
+    async def _watch(self, relay: ImapRelay, relay_task: asyncio.Task[str], session_id: str) -> str:
+        """Wait for the relay; meanwhile keep the session record fresh and obey revocations."""
+        interval = self.door.settings.session_check_seconds
+        while True:
+            done, _ = await asyncio.wait({relay_task}, timeout=interval)
+            if done:
+                return relay_task.result()
+            record = await self.rt.store.get_session(session_id)
+            if record is not None and record.end_requested_at is not None:
+                await relay.end(b"Session ended by the administrator.")
+                relay_task.cancel()
+                return "revoked"
+            await self.rt.store.touch_session(
+                session_id, self.rt.clock(), relay.bytes_in, relay.bytes_out
+            )
+
+
+async def _open_imaps(rt: Runtime, listener: Listener) -> Door:
+    door = ImapDoor(rt, listener, name="imaps", implicit_tls=True)
+    await door.start()
+    return door
+
+
+async def _open_imap(rt: Runtime, listener: Listener) -> Door:
+    door = ImapDoor(rt, listener, name="imap", implicit_tls=False)
+    await door.start()
+    return door
+
+
+DOORS["imaps"] = _open_imaps
+DOORS["imap"] = _open_imap

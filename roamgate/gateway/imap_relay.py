@@ -1,0 +1,485 @@
+"""After login: relay a client and the upstream IMAP session both ways, streaming literals.
+
+Both directions are parsed, not copied: a command reaches the upstream only as events the codec
+understood and wrote back, literal bodies pass through in chunks (never held whole), and the
+upstream's capabilities are filtered on the way back. Two pumps run side by side; they share a
+little state about what the upstream owes the client:
+
+- a literal from the client waits for the upstream's continuation request, so a refused APPEND
+  is refused by the server itself (end to end) and nothing is sent that it did not ask for;
+- IDLE waits for the upstream's answer before the client's next line is read, so the DONE line
+  can be read raw; a long IDLE is renewed upstream before 29 minutes without the client seeing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from roamgate.gateway.upstream import READ_SIZE, UpstreamImap
+from roamgate.imap import capabilities
+from roamgate.imap.command_parser import CommandParser
+from roamgate.imap.errors import ErrorKind
+from roamgate.imap.events import (
+    NEED_DATA,
+    PAUSED,
+    Atom,
+    CodeEnd,
+    CodeStart,
+    CommandStart,
+    ConnectionClosed,
+    Event,
+    LineEnd,
+    LiteralChunk,
+    LiteralEnd,
+    LiteralStart,
+    ProtocolError,
+    RawLine,
+    ResponseKind,
+    ResponseStart,
+    Signal,
+    Text,
+)
+from roamgate.imap.serialize import EventWriter, error_reply
+
+log = logging.getLogger("roamgate.imap")
+
+# Commands the proxy answers itself after login instead of passing them on.
+_LOCAL_VERBS = frozenset({"STARTTLS", "LOGIN", "AUTHENTICATE", "COMPRESS"})
+_FLUSH_AT = 64 * 1024
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    idle_timeout: float = 1800.0  # client silent this long (outside IDLE): autologout
+    idle_renew: float = 25 * 60.0  # renew upstream IDLE before servers' 30-minute limit
+    keepalive: float = 120.0  # an untagged OK to an idling client when all is quiet
+
+
+class RelayEnded(Exception):
+    """Internal: one side finished; the reason goes to the audit trail."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ImapRelay:
+    """Runs until either side closes; returns the reason."""
+
+    def __init__(
+        self,
+        client_reader: asyncio.StreamReader,
+        client_writer: asyncio.StreamWriter,
+        client_parser: CommandParser,
+        upstream: UpstreamImap,
+        settings: RelaySettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cr = client_reader
+        self.cw = client_writer
+        self.cp = client_parser
+        self.up = upstream
+        self.settings = settings
+        self.clock = clock
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._to_up = EventWriter()
+        self._to_client = EventWriter()
+        self._up_buf = bytearray()
+        self._client_buf = bytearray()
+        self._client_lock = asyncio.Lock()  # whole lines to the client from either pump
+        # What the upstream owes: a continuation for a literal or IDLE, per client tag.
+        self._await_tag: bytes | None = None
+        self._await: asyncio.Future[bool] | None = None
+        self._relay_continuation = True
+        self._swallow_tags: set[bytes] = set()
+        self._swallow_continuations = 0
+        self._rename: dict[bytes, bytes] = {}
+        self._aborted: set[bytes] = set()  # client tags whose remaining events are dropped
+        self._outstanding: set[bytes] = set()  # client tags the upstream has not completed
+        self._idle_tag: bytes | None = None  # the client's IDLE, while idling
+        self._logout = False
+        self._up_line_open = False
+        self._last_client_write = clock()
+        self._last_client_read = clock()
+        self._idle_since = clock()
+        self._upstream_idle_tag: bytes = b""
+        self._upstream_bye = False
+
+    # -- running
+    async def run(self) -> str:
+        tasks = [
+            asyncio.create_task(self._client_pump(), name="imap-client-pump"),
+            asyncio.create_task(self._upstream_pump(), name="imap-upstream-pump"),
+        ]
+        reason = "closed"
+        try:
+            done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                exc = task.exception()
+                if isinstance(exc, RelayEnded):
+                    reason = exc.reason
+                elif exc is not None:
+                    if isinstance(exc, ConnectionError | ssl.SSLError | OSError):
+                        reason = "connection_lost"
+                    else:
+                        log.error("relay failed: %s", type(exc).__name__, exc_info=exc)
+                        reason = "internal_error"
+                        await self._bye(b"Internal error, closing.")
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return reason
+
+    async def end(self, text: bytes) -> None:
+        """Close from outside (admin revoke, shutdown): a BYE between lines, if possible."""
+        await self._bye(text)
+
+    # -- client -> upstream
+    async def _client_event(self, wait: float | None) -> Event | Signal:
+        """The next client event, or PAUSED when a synchronising literal awaits our decision."""
+        while True:
+            event = self.cp.next_event()
+            if event is NEED_DATA:
+                await self._flush_up()
+                data = await asyncio.wait_for(self.cr.read(READ_SIZE), wait)
+                self.bytes_in += len(data)
+                self.cp.receive_data(data)
+                continue
+            return event
+
+    def _client_silent_too_long(self) -> bool:
+        """Autologout only when nothing is owed either way (a slow FETCH is not idleness)."""
+        quiet = self.clock() - max(self._last_client_write, self._last_client_read)
+        return not self._outstanding and quiet >= self.settings.idle_timeout
+
+    async def _client_pump(self) -> None:
+        command: CommandStart | None = None
+        local = False
+        partial_sent = False
+        literal_ok = False
+        while True:
+            if self._idle_tag is not None:
+                timeout = self._idle_wait_left()
+            else:
+                timeout = self.settings.idle_timeout
+            try:
+                event = await self._client_event(timeout)
+            except TimeoutError:
+                if self._idle_tag is not None:
+                    await self._renew_idle()
+                elif self._client_silent_too_long():
+                    await self._bye(b"Autologout; idle for too long.")
+                    raise RelayEnded("idle_timeout") from None
+                continue
+            self._last_client_read = self.clock()
+            if event is PAUSED:
+                # The synchronising literal just announced: answer as the upstream did.
+                if literal_ok:
+                    self.cp.accept_literal()
+                else:
+                    self.cp.reject_literal()
+                continue
+            assert not isinstance(event, Signal)
+            match event:
+                case CommandStart():
+                    command = event
+                    partial_sent = False
+                    local = event.verb in _LOCAL_VERBS
+                    if not local:
+                        self._outstanding.add(event.tag)
+                        self._write_up(event)
+                        if event.verb == "LOGOUT":
+                            self._logout = True
+                case LiteralStart():
+                    assert command is not None
+                    literal_ok = False
+                    if local or command.tag in self._aborted:
+                        continue
+                    # The upstream is asked first (always as a synchronising literal), so a
+                    # refusal comes from the server itself; the client's `+` is the upstream's.
+                    literal_ok = await self._send_literal_header(
+                        command.tag, event, relay_plus=event.synchronizing
+                    )
+                    partial_sent = True
+                    if not literal_ok:
+                        self._aborted.add(command.tag)
+                case LiteralChunk(data=data):
+                    if command is not None and not local and command.tag not in self._aborted:
+                        self._up_buf += data
+                        if len(self._up_buf) >= _FLUSH_AT:
+                            await self._flush_up()
+                case LiteralEnd():
+                    pass
+                case LineEnd():
+                    assert command is not None
+                    tag = command.tag
+                    if local:
+                        await self._send_client(tag + b" BAD Not available in this state.\r\n")
+                    elif tag in self._aborted:
+                        # The upstream refused a literal and has answered; drop the rest.
+                        self._aborted.discard(tag)
+                    elif command.verb == "IDLE":
+                        await self._start_idle(tag, event)
+                    else:
+                        self._write_up(event)
+                        await self._flush_up()
+                    command = None
+                case RawLine(data=data):
+                    await self._done_idle(data)
+                case ProtocolError():
+                    await self._client_error(event, command, partial_sent)
+                    command = None
+                case ConnectionClosed():
+                    raise RelayEnded("client_closed")
+                case _:
+                    if command is not None and not local and command.tag not in self._aborted:
+                        self._write_up(event)
+
+    def _write_up(self, event: Event) -> None:
+        self._up_buf += self._to_up.write(event)
+
+    async def _flush_up(self) -> None:
+        if self._up_buf:
+            self.up.writer.write(bytes(self._up_buf))
+            self._up_buf.clear()
+            await self.up.writer.drain()
+
+    async def _send_literal_header(
+        self, tag: bytes, literal: LiteralStart, *, relay_plus: bool
+    ) -> bool:
+        """Send a literal header upstream as synchronising and wait for its `+` (or refusal)."""
+        loop = asyncio.get_running_loop()
+        self._await = loop.create_future()
+        self._await_tag = tag
+        self._relay_continuation = relay_plus
+        self._write_up(LiteralStart(literal.size, True, literal.binary))
+        await self._flush_up()
+        try:
+            return await self._await
+        finally:
+            self._await = None
+            self._await_tag = None
+
+    async def _start_idle(self, tag: bytes, line_end: LineEnd) -> None:
+        # The future exists before the command leaves, so the upstream's answer cannot race it.
+        loop = asyncio.get_running_loop()
+        self._await = loop.create_future()
+        self._await_tag = tag
+        self._relay_continuation = True
+        self._write_up(line_end)
+        await self._flush_up()
+        try:
+            idling = await self._await
+        finally:
+            self._await = None
+            self._await_tag = None
+        if idling:
+            self._idle_tag = tag
+            self._idle_since = self.clock()
+            self._upstream_idle_tag = tag
+            self.cp.expect_raw_line()
+
+    def _idle_wait_left(self) -> float:
+        return max(0.1, self._idle_since + self.settings.idle_renew - self.clock())
+
+    async def _renew_idle(self) -> None:
+        # DONE then a fresh IDLE under our own tag; the client sees neither exchange.
+        self._swallow_tags.add(self._upstream_idle_tag)
+        tag = self.up.next_tag()
+        self._rename[tag] = self._idle_tag or tag
+        self._swallow_continuations += 1
+        self._upstream_idle_tag = tag
+        self.up.writer.write(b"DONE\r\n" + tag + b" IDLE\r\n")
+        await self.up.writer.drain()
+        self._idle_since = self.clock()
+        log.debug("renewed upstream IDLE")
+
+    async def _done_idle(self, data: bytes) -> None:
+        if data.strip().upper() != b"DONE":
+            log.info("client sent something other than DONE during IDLE; ending the IDLE")
+        self._idle_tag = None
+        self.up.writer.write(b"DONE\r\n")
+        await self.up.writer.drain()
+
+    async def _client_error(
+        self, error: ProtocolError, command: CommandStart | None, partial_sent: bool
+    ) -> None:
+        tag = error.tag
+        if error.kind is ErrorKind.LITERAL_REFUSED and tag is not None and tag in self._aborted:
+            # Refused because the upstream refused it; its answer already went to the client.
+            self._aborted.discard(tag)
+            return
+        self._up_buf.clear()
+        if error.fatal:
+            await self._send_client(error_reply(error))
+            raise RelayEnded("client_protocol_error")
+        if partial_sent and command is not None:
+            # Part of this command (up to a literal) is upstream already. An unfinished quoted
+            # string makes the upstream refuse the whole command, so no half APPEND is stored;
+            # the upstream's BAD answers the client.
+            self.up.writer.write(b' "\r\n')
+            await self.up.writer.drain()
+        else:
+            if tag is not None:
+                self._outstanding.discard(tag)
+            await self._send_client(error_reply(error))
+
+    # -- upstream -> client
+    async def _upstream_event(self) -> Event:
+        while True:
+            event = self.up.parser.next_event()
+            if event is NEED_DATA:
+                await self._flush_client()
+                timeout = None
+                if self._idle_tag is not None and not self._up_line_open:
+                    timeout = self.settings.keepalive
+                try:
+                    data = await asyncio.wait_for(self.up.reader.read(READ_SIZE), timeout)
+                except TimeoutError:
+                    if self._idle_tag is not None and not self._up_line_open:
+                        await self._send_client(b"* OK Still here\r\n")
+                    continue
+                self.up.parser.receive_data(data)
+                continue
+            if event is PAUSED:
+                raise RelayEnded("upstream_protocol_error")
+            return event
+
+    async def _upstream_pump(self) -> None:
+        drop = False  # the current line is not for the client
+        filtering = False  # inside a CAPABILITY list: withhold what the proxy cannot relay
+        done_tag: bytes | None = None
+        while True:
+            event = await self._upstream_event()
+            match event:
+                case ResponseStart(kind=kind, tag=tag):
+                    self._up_line_open = True
+                    drop, filtering, done_tag = False, False, None
+                    await self._client_lock.acquire()
+                    if kind is ResponseKind.CONTINUATION:
+                        drop = self._on_continuation()
+                    elif kind is ResponseKind.TAGGED and tag is not None:
+                        drop, event = self._on_tagged(event)
+                        done_tag = tag
+                    elif event.verb == "CAPABILITY":
+                        filtering = True
+                    elif event.verb == "BYE":
+                        self._upstream_bye = True
+                    if not drop:
+                        self._write_client(event)
+                case CodeStart(name=name):
+                    filtering = name.upper() == b"CAPABILITY"
+                    if not drop:
+                        self._write_client(event)
+                case CodeEnd():
+                    filtering = False
+                    if not drop:
+                        self._write_client(event)
+                case Atom(value=value) if filtering:
+                    if not drop and capabilities.relayable(value.decode("ascii", "replace")):
+                        self._write_client(event)
+                case LineEnd():
+                    if not drop:
+                        self._write_client(event)
+                    await self._flush_client()
+                    self._up_line_open = False
+                    self._client_lock.release()
+                    if done_tag is not None:
+                        self._completed(done_tag)
+                case LiteralChunk(data=data):
+                    if not drop:
+                        self._client_buf += data
+                        if len(self._client_buf) >= _FLUSH_AT:
+                            await self._flush_client()
+                case ProtocolError():
+                    await self._upstream_error(event)
+                case ConnectionClosed():
+                    if self._logout:
+                        raise RelayEnded("logout")
+                    if not self._upstream_bye:
+                        await self._bye(b"The mail server closed the connection.")
+                    raise RelayEnded("upstream_closed")
+                case Text() if drop:
+                    pass
+                case _:
+                    if not drop:
+                        self._write_client(event)
+
+    def _on_continuation(self) -> bool:
+        """True if the `+` line is dropped (it was for the proxy, not the client)."""
+        if self._swallow_continuations:
+            self._swallow_continuations -= 1
+            return True
+        if self._await is not None and not self._await.done():
+            relay = self._relay_continuation
+            self._await.set_result(True)
+            return not relay
+        return False
+
+    def _on_tagged(self, event: ResponseStart) -> tuple[bool, ResponseStart]:
+        tag = event.tag
+        assert tag is not None
+        if tag in self._swallow_tags:
+            self._swallow_tags.discard(tag)
+            return True, event
+        if self._await is not None and not self._await.done() and tag == self._await_tag:
+            self._await.set_result(False)  # the upstream refused the literal or the IDLE
+        client_tag = self._rename.pop(tag, tag)
+        if client_tag != tag:
+            return False, ResponseStart(event.kind, client_tag, event.number, event.name)
+        return False, event
+
+    def _completed(self, tag: bytes) -> None:
+        self._outstanding.discard(self._rename.get(tag, tag))
+
+    def _write_client(self, event: Event) -> None:
+        self._client_buf += self._to_client.write(event)
+
+    async def _flush_client(self) -> None:
+        if self._client_buf:
+            data = bytes(self._client_buf)
+            self._client_buf.clear()
+            self.cw.write(data)
+            self.bytes_out += len(data)
+            self._last_client_write = self.clock()
+            await self.cw.drain()
+
+    async def _send_client(self, data: bytes) -> None:
+        """A whole line from the proxy itself, never in the middle of a relayed line."""
+        async with self._client_lock:
+            self.cw.write(data)
+            self.bytes_out += len(data)
+            await self.cw.drain()
+
+    async def _upstream_error(self, error: ProtocolError) -> None:
+        log.warning("unparseable line from the upstream (%s)", error.kind.value)
+        if self._up_line_open:
+            self._up_line_open = False
+            self._client_buf.clear()
+            self._to_client = EventWriter()
+            self._client_lock.release()
+        if error.fatal:
+            await self._bye(b"The mail server sent something the gateway cannot relay.")
+            raise RelayEnded("upstream_protocol_error")
+        if error.tag is not None:
+            tag = self._rename.pop(error.tag, error.tag)
+            await self._send_client(
+                tag + b" NO [SERVERBUG] The mail server's answer could not be relayed.\r\n"
+            )
+
+    async def _bye(self, text: bytes) -> None:
+        try:
+            if self._client_lock.locked():
+                # In the middle of a relayed line: a BYE now would corrupt it; just close.
+                return
+            await asyncio.wait_for(self._send_client(b"* BYE " + text + b"\r\n"), 5)
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError):
+            pass

@@ -1,0 +1,231 @@
+"""A connection to the corporate IMAP server: TLS (implicit or STARTTLS, verified), ID, login.
+
+Only the setup and login exchanges are handled here, with whole (bounded) responses; once logged
+in, the relay takes the reader, writer and parser over and streams everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import ssl
+from collections.abc import Sequence
+
+from roamgate.config import UpstreamServer
+from roamgate.imap.assemble import Assembler
+from roamgate.imap.events import (
+    NEED_DATA,
+    PAUSED,
+    Atom,
+    ConnectionClosed,
+    ProtocolError,
+    ResponseKind,
+)
+from roamgate.imap.limits import Limits
+from roamgate.imap.response_parser import ResponseParser
+from roamgate.imap.serialize import quote
+from roamgate.imap.values import Response
+from roamgate.login.verifiers import Outcome, upstream_ssl_context
+
+log = logging.getLogger("roamgate.upstream")
+
+READ_SIZE = 64 * 1024
+
+
+class UpstreamError(Exception):
+    """The upstream cannot be reached or does not speak IMAP as expected (text for logs only)."""
+
+
+class UpstreamImap:
+    """One session with the upstream server."""
+
+    def __init__(
+        self, server: UpstreamServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.parser = ResponseParser(Limits.upstream())
+        self.capabilities: list[str] = []
+        self.authenticated = False
+        self._tags = 0
+        # Setup responses are small; a large one here is a misbehaving server, not mail.
+        self._assembler = Assembler(max_literal_total=1024 * 1024)
+
+    # -- lifecycle
+    @classmethod
+    async def connect(cls, server: UpstreamServer) -> UpstreamImap:
+        try:
+            return await asyncio.wait_for(cls._connect(server), server.timeout_seconds)
+        except TimeoutError:
+            raise UpstreamError(
+                f"{server.host}:{server.port}: no answer within {server.timeout_seconds} s"
+            ) from None
+        except (OSError, ssl.SSLError) as exc:
+            raise UpstreamError(f"{server.host}:{server.port}: {exc}") from None
+
+    @classmethod
+    async def _connect(cls, server: UpstreamServer) -> UpstreamImap:
+        ctx = upstream_ssl_context(server) if server.tls != "none" else None
+        if server.tls == "implicit":
+            reader, writer = await asyncio.open_connection(
+                server.host, server.port, ssl=ctx, server_hostname=server.host
+            )
+        else:
+            reader, writer = await asyncio.open_connection(server.host, server.port)
+        conn = cls(server, reader, writer)
+        try:
+            greeting = await conn.read_response()
+            if greeting.kind is not ResponseKind.UNTAGGED or greeting.verb != "OK":
+                raise UpstreamError(f"unexpected greeting {greeting.verb!r}")
+            conn._take_capabilities(greeting)
+            if server.tls == "starttls":
+                if not conn.has("STARTTLS"):
+                    await conn.refresh_capabilities()
+                if not conn.has("STARTTLS"):
+                    raise UpstreamError("the upstream does not offer STARTTLS")
+                _, done = await conn.command(b"STARTTLS")
+                if done.verb != "OK":
+                    raise UpstreamError("the upstream refused STARTTLS")
+                assert ctx is not None
+                await writer.start_tls(ctx, server_hostname=server.host)
+                # Anything buffered before the handshake is not trusted (RFC 3501 6.2.1).
+                conn.parser = ResponseParser(Limits.upstream())
+                conn.capabilities = []
+            if not conn.capabilities:
+                await conn.refresh_capabilities()
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
+            await asyncio.wait_for(self.writer.wait_closed(), 2)
+
+    # -- exchanges
+    def next_tag(self) -> bytes:
+        self._tags += 1
+        return b"rg%d" % self._tags
+
+    async def read_response(self) -> Response:
+        """The next whole response (setup and login only)."""
+        while True:
+            event = self.parser.next_event()
+            if event is NEED_DATA:
+                data = await self.reader.read(READ_SIZE)
+                self.parser.receive_data(data)
+                continue
+            if event is PAUSED:
+                raise UpstreamError("the parser paused on a server literal")
+            item = self._assembler.push(event)
+            if item is None:
+                continue
+            if isinstance(item, Response):
+                return item
+            if isinstance(item, ConnectionClosed):
+                raise UpstreamError("the upstream closed the connection")
+            if isinstance(item, ProtocolError):
+                raise UpstreamError(f"unparseable response from the upstream ({item.kind.value})")
+            raise UpstreamError("unexpected line from the upstream")
+
+    async def command(self, text: bytes) -> tuple[list[Response], Response]:
+        """Send `TAG text` and collect the untagged responses up to its tagged completion."""
+        tag = self.next_tag()
+        self.writer.write(tag + b" " + text + b"\r\n")
+        await self.writer.drain()
+        untagged: list[Response] = []
+        while True:
+            response = await self.read_response()
+            if response.kind is ResponseKind.TAGGED and response.tag == tag:
+                return untagged, response
+            if response.kind is ResponseKind.CONTINUATION:
+                raise UpstreamError("unexpected continuation request")
+            if response.verb == "BYE":
+                raise UpstreamError("the upstream said BYE")
+            untagged.append(response)
+
+    async def refresh_capabilities(self) -> None:
+        untagged, done = await self.command(b"CAPABILITY")
+        for response in untagged:
+            if response.verb == "CAPABILITY":
+                self.capabilities = _atoms(response.args)
+        self._take_capabilities(done)
+
+    async def send_id(self, pairs: Sequence[tuple[str, str | None]]) -> None:
+        """ID with the client's parameters; its answer does not matter."""
+        if not pairs:
+            return
+        parts = []
+        for key, value in pairs:
+            parts.append(quote(key.encode()))
+            parts.append(b"NIL" if value is None else quote(value.encode()))
+        await self.command(b"ID (" + b" ".join(parts) + b")")
+
+    async def login(self, user: str, password: str) -> Outcome:
+        """Log in as the user; REJECTED keeps the connection usable for another try."""
+        if self.has("AUTH=PLAIN"):
+            blob = base64.b64encode(b"\0" + user.encode() + b"\0" + password.encode())
+            if self.has("SASL-IR"):
+                _, done = await self.command(b"AUTHENTICATE PLAIN " + blob)
+            else:
+                done = await self._authenticate_plain(blob)
+        else:
+            done = await self._login_command(user, password)
+        if done.verb == "OK":
+            self.authenticated = True
+            self.capabilities = []
+            self._take_capabilities(done)
+            if not self.capabilities:
+                await self.refresh_capabilities()
+            return Outcome.ACCEPTED
+        code = done.code.name.upper() if done.code is not None else b""
+        if code in (b"UNAVAILABLE", b"SERVERBUG", b"LIMIT"):
+            return Outcome.UNAVAILABLE
+        return Outcome.REJECTED
+
+    async def _authenticate_plain(self, blob: bytes) -> Response:
+        tag = self.next_tag()
+        self.writer.write(tag + b" AUTHENTICATE PLAIN\r\n")
+        await self.writer.drain()
+        first = await self.read_response()
+        if first.kind is not ResponseKind.CONTINUATION:
+            return first
+        self.writer.write(blob + b"\r\n")
+        await self.writer.drain()
+        while True:
+            response = await self.read_response()
+            if response.kind is ResponseKind.TAGGED and response.tag == tag:
+                return response
+
+    async def _login_command(self, user: str, password: str) -> Response:
+        # Synchronising literals work with every server and carry any byte but NUL.
+        tag = self.next_tag()
+        prefix = tag + b" LOGIN"
+        for value in (user.encode(), password.encode()):
+            self.writer.write(prefix + b" {%d}\r\n" % len(value))
+            await self.writer.drain()
+            cont = await self.read_response()
+            if cont.kind is not ResponseKind.CONTINUATION:
+                return cont
+            prefix = value
+        self.writer.write(prefix + b"\r\n")
+        await self.writer.drain()
+        while True:
+            response = await self.read_response()
+            if response.kind is ResponseKind.TAGGED and response.tag == tag:
+                return response
+
+    def has(self, capability: str) -> bool:
+        return capability.upper() in (c.upper() for c in self.capabilities)
+
+    def _take_capabilities(self, response: Response) -> None:
+        if response.code is not None and response.code.name.upper() == b"CAPABILITY":
+            self.capabilities = _atoms(response.code.args)
+
+
+def _atoms(values: Sequence[object]) -> list[str]:
+    return [v.value.decode("ascii", "replace") for v in values if isinstance(v, Atom)]
