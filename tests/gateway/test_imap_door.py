@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import threading
 import time
+from collections.abc import Sequence
 
 from imapclient import IMAPClient
 
@@ -17,10 +18,10 @@ from tests.gateway.conftest import (
 )
 
 
-def _ok(result: tuple[str, list[object]]) -> list[object]:
+def _ok(result: tuple[str, Sequence[object]]) -> list[object]:
     status, data = result
     assert status == "OK", (status, data)
-    return data
+    return list(data)
 
 
 def test_imaps_login_with_password_and_hotp_code_then_work_as_on_the_server(
@@ -38,7 +39,9 @@ def test_imaps_login_with_password_and_hotp_code_then_work_as_on_the_server(
     folders = b"\n".join(x for x in _ok(client.list()) if isinstance(x, bytes))
     for name in (b"INBOX", b"Sent", b"Projects"):
         assert name in folders
-    count = int(_ok(client.select("INBOX"))[0])  # type: ignore[arg-type]
+    exists = _ok(client.select("INBOX"))[0]
+    assert isinstance(exists, bytes)
+    count = int(exists)
     assert count == 35
     found = _ok(client.search(None, "SUBJECT", "budget"))[0]
     assert isinstance(found, bytes)
@@ -46,17 +49,17 @@ def test_imaps_login_with_password_and_hotp_code_then_work_as_on_the_server(
     with direct.imap("bob", PASSWORDS["bob"]) as d:
         d.select("INBOX", readonly=True)
         assert _ok(d.search(None, "SUBJECT", "budget"))[0] == found
-        _, direct_body = d.fetch(b"3", "(BODY.PEEK[])")
-    _, body = client.fetch(b"3", "(BODY.PEEK[])")
+        _, direct_body = d.fetch("3", "(BODY.PEEK[])")
+    _, body = client.fetch("3", "(BODY.PEEK[])")
     first = body[0]
     assert isinstance(first, tuple)
     d_first = direct_body[0]
     assert isinstance(d_first, tuple)
     assert first[1] == d_first[1]  # byte for byte what the server holds
-    _ok(client.store(b"3", "+FLAGS", "(\\Flagged)"))
-    flags = _ok(client.fetch(b"3", "(FLAGS)"))[0]
+    _ok(client.store("3", "+FLAGS", "(\\Flagged)"))
+    flags = _ok(client.fetch("3", "(FLAGS)"))[0]
     assert isinstance(flags, bytes) and b"\\Flagged" in flags
-    _ok(client.store(b"3", "-FLAGS", "(\\Flagged)"))
+    _ok(client.store("3", "-FLAGS", "(\\Flagged)"))
     assert client.logout()[0] == "BYE"  # imaplib reports the server's BYE on LOGOUT
 
 
@@ -71,7 +74,7 @@ def test_append_with_a_synchronising_literal_end_to_end(gateway: Gateway) -> Non
     client.select("Sent")
     uids = _ok(client.search(None, "HEADER", "Message-ID", "<append-1@roamgate.test>"))[0]
     assert isinstance(uids, bytes) and uids.strip()
-    fetched = _ok(client.fetch(uids.split()[-1], "(BODY.PEEK[])"))[0]
+    fetched = _ok(client.fetch(uids.split()[-1].decode(), "(BODY.PEEK[])"))[0]
     assert isinstance(fetched, tuple)
     assert fetched[1] == message
     client.logout()
@@ -138,7 +141,7 @@ def test_pipelined_commands_keep_their_tags(gateway: Gateway) -> None:
     lines = read_until_tagged(sock, b"a1")
     assert lines[-1].startswith(b"a1 OK"), lines
     sock.sendall(b"p1 SELECT INBOX\r\np2 NOOP\r\np3 FETCH 1:3 (UID FLAGS)\r\np4 LOGOUT\r\n")
-    seen = []
+    seen: list[bytes] = []
     data = b""
     while b"p4 OK" not in data and len(seen) < 100:
         line = read_line(sock)
