@@ -238,7 +238,8 @@ class ImapRelay:
                     await self._client_error(event, command, partial_sent)
                     command = None
                 case ConnectionClosed():
-                    raise RelayEnded("client_closed")
+                    # After LOGOUT the client may hang up before the upstream does.
+                    raise RelayEnded("logout" if self._logout else "client_closed")
                 case _:
                     if command is not None and not local and command.tag not in self._aborted:
                         self._write_up(event)
