@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import json
 import os
@@ -96,13 +97,18 @@ class Gateway:
         client.login(user, PASSWORDS[user] + self.code(user))
         return client
 
-    def raw(self, *, tls: bool = True) -> socket.socket:
-        """A raw client socket (TLS unless told otherwise), greeting already read."""
+    def raw_unchecked(self, *, tls: bool = True) -> socket.socket:
+        """A raw client socket (TLS unless told otherwise), nothing read yet."""
         sock = socket.create_connection(
             ("127.0.0.1", self.imaps_port if tls else self.imap_port), timeout=15
         )
         if tls:
             sock = self.context().wrap_socket(sock, server_hostname="127.0.0.1")
+        return sock
+
+    def raw(self, *, tls: bool = True) -> socket.socket:
+        """A raw client socket (TLS unless told otherwise), greeting already read."""
+        sock = self.raw_unchecked(tls=tls)
         greeting = read_line(sock)
         assert greeting.startswith(b"* OK"), greeting
         return sock
@@ -181,7 +187,12 @@ def dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateDovecot
         yield server
 
 
-def init_gateway(dovecot: PrivateDovecot, d: Path, extra_config: str = "") -> tuple[Path, int, int]:
+def init_gateway(
+    dovecot: PrivateDovecot,
+    d: Path,
+    proxy_settings: dict[str, object] | None = None,
+    replace: dict[str, str] | None = None,
+) -> tuple[Path, int, int]:
     imaps_port, imap_port = free_port(), free_port()
     r = run_cli(
         "init",
@@ -208,19 +219,30 @@ def init_gateway(dovecot: PrivateDovecot, d: Path, extra_config: str = "") -> tu
     # Tests fail many logins from 127.0.0.1 on purpose; the per-source lock is tested elsewhere.
     text = text.replace("ip_threshold: 20", "ip_threshold: 10000")
     text = text.replace("level: info", "level: debug")
-    text += "\nimap_proxy:\n  failure_delay_ms: 100\n  session_check_seconds: 1\n" + extra_config
+    for old, new in (replace or {}).items():
+        assert old in text, old
+        text = text.replace(old, new)
+    proxy: dict[str, object] = {"failure_delay_ms": 100, "session_check_seconds": 1}
+    proxy.update(proxy_settings or {})
+    text += "\nimap_proxy:\n" + "".join(f"  {k}: {v}\n" for k, v in proxy.items())
     config.write_text(text)
     r = run_cli("check-config", "-c", str(config))
     assert r.returncode == 0, r.stdout + r.stderr
     return config, imaps_port, imap_port
 
 
-@pytest.fixture(scope="package")
-def gateway(dovecot: PrivateDovecot, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    d = tmp_path_factory.mktemp("gateway") / "gw"
-    config, imaps_port, imap_port = init_gateway(dovecot, d)
+@contextlib.contextmanager
+def running_gateway(
+    dovecot: PrivateDovecot,
+    d: Path,
+    users: dict[str, str] | None = None,
+    proxy_settings: dict[str, object] | None = None,
+    replace: dict[str, str] | None = None,
+) -> Iterator[Gateway]:
+    """init + user add + token enroll (HOTP; TOTP for TOTP_USER) + serve, stopped on exit."""
+    config, imaps_port, imap_port = init_gateway(dovecot, d, proxy_settings, replace)
     gw_secrets: dict[str, str] = {}
-    for user in PASSWORDS:
+    for user in users if users is not None else PASSWORDS:
         assert run_cli("user", "add", user, "-c", str(config)).returncode == 0
         kind = "totp" if user == TOTP_USER else "hotp"
         r = run_cli("token", "enroll", user, "--type", kind, "--json", "-c", str(config))
@@ -244,3 +266,9 @@ def gateway(dovecot: PrivateDovecot, tmp_path_factory: pytest.TempPathFactory) -
         )
     finally:
         stop_serve(process)
+
+
+@pytest.fixture(scope="package")
+def gateway(dovecot: PrivateDovecot, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    with running_gateway(dovecot, tmp_path_factory.mktemp("gateway") / "gw") as gw:
+        yield gw
