@@ -16,5 +16,6 @@ def configure(level: str, file: Path | None = None) -> None:
     root = logging.getLogger("roamgate")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    root.propagate = False  # the CLI's own stderr handler would print every line twice
     # asyncssh logs every packet-level event at INFO; keep it to warnings unless debugging.
     logging.getLogger("asyncssh").setLevel("DEBUG" if level == "debug" else "WARNING")
