@@ -86,6 +86,10 @@ class ImapProxySettings:
     # Wait before answering a failed login: slows guessing, hides which factor failed.
     failure_delay_ms: int = field(default=1000, metadata=int_range(0, 10000))
     max_login_failures: int = field(default=3, metadata=int_range(1, 10))
+    # Upstream connections made ahead of logins (TLS done, not logged in), and how long one is
+    # kept unused; 0 spares: connect at each login.
+    upstream_spares: int = field(default=2, metadata=int_range(0, 50))
+    upstream_spare_seconds: int = field(default=20, metadata=int_range(1, 120))
     # How long a revoked session may run on before this node notices (it polls the store).
     session_check_seconds: int = field(default=5, metadata=int_range(1, 300))
     # passthrough: log in upstream as the user with their password. master: as

@@ -138,6 +138,9 @@ auth:
   # upstream: the corporate IMAP password, checked by a login to upstream.imap (no password
   # is stored here); local: scrypt hashes set with `roamgate user passwd`.
   password_verifier: {o.verifier}
+  # After a password+code login the same device (its client certificate, else user + source
+  # address) may log in with the password alone this long (12 h); 0 turns this off.
+  travel_window_seconds: 43200
   otp:
     digits: 6
     totp_period_seconds: 30
@@ -153,6 +156,15 @@ auth:
     ip_lock_seconds: 60
     ip_lock_max_seconds: 3600
     ip_forget_seconds: 3600
+
+# The IMAP doors (imaps, imap). More keys in README.md ("Configuration").
+imap_proxy:
+  login_grace_seconds: 120         # to log in after connecting
+  idle_timeout_seconds: 1800       # a silent logged-in client (not in IDLE) is logged out
+  max_connections: 1000
+  max_connections_per_source: 20
+  failure_delay_ms: 1000           # before answering a failed login
+  upstream_login: passthrough      # passthrough | master (a Dovecot master user)
 
 store:
   url: {DB_NAME}                   # a SQLite file

@@ -15,7 +15,7 @@ from roamgate.gateway.imap_relay import ImapRelay, RelaySettings
 from roamgate.gateway.limits import ConnectionLimiter
 from roamgate.gateway.serve import DOORS, Door
 from roamgate.gateway.tls import peer_certificate_fingerprint, server_context
-from roamgate.gateway.upstream import READ_SIZE, UpstreamError, UpstreamImap
+from roamgate.gateway.upstream import READ_SIZE, SparePool, UpstreamError, UpstreamImap
 from roamgate.imap import capabilities
 from roamgate.imap.assemble import Assembler
 from roamgate.imap.command_parser import CommandParser
@@ -50,6 +50,30 @@ class Disconnect(Exception):
     """Internal: the connection ends before login; the reason is for logs."""
 
 
+async def prepared_upstream(
+    pool: SparePool, client_id: Sequence[tuple[str, str | None]]
+) -> UpstreamImap:
+    """An upstream connection that has been told who the client is (ID), ready for a login.
+
+    A spare may have died since it was made (the server restarted): then one fresh try.
+    """
+    conn = await pool.take()
+    try:
+        if conn.has("ID"):
+            await asyncio.wait_for(conn.send_id(client_id), pool.server.timeout_seconds)
+        return conn
+    except (UpstreamError, TimeoutError, OSError, ssl.SSLError):
+        await conn.close()
+    conn = await UpstreamImap.connect(pool.server)
+    try:
+        if conn.has("ID"):
+            await asyncio.wait_for(conn.send_id(client_id), pool.server.timeout_seconds)
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
 class _SessionVerifier:
     """First factor for one login, checked by logging in to the upstream as the user.
 
@@ -59,8 +83,11 @@ class _SessionVerifier:
 
     name = "upstream"
 
-    def __init__(self, rt: Runtime, client_id: Sequence[tuple[str, str | None]]) -> None:
+    def __init__(
+        self, rt: Runtime, pool: SparePool, client_id: Sequence[tuple[str, str | None]]
+    ) -> None:
         self.rt = rt
+        self.pool = pool
         self.client_id = client_id
         self.conn: UpstreamImap | None = None
 
@@ -70,11 +97,7 @@ class _SessionVerifier:
         server = self.rt.config.upstream.imap
         try:
             if self.conn is None:
-                self.conn = await UpstreamImap.connect(server)
-                if self.conn.has("ID"):
-                    await asyncio.wait_for(
-                        self.conn.send_id(self.client_id), server.timeout_seconds
-                    )
+                self.conn = await prepared_upstream(self.pool, self.client_id)
             outcome = await asyncio.wait_for(
                 self.conn.login(user.name, password), server.timeout_seconds
             )
@@ -129,6 +152,11 @@ class ImapDoor:
             idle_renew=float(self.settings.idle_renew_seconds),
             keepalive=float(self.settings.keepalive_seconds),
         )
+        self.pool = SparePool(
+            rt.config.upstream.imap,
+            self.settings.upstream_spares,
+            float(self.settings.upstream_spare_seconds),
+        )
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -156,6 +184,7 @@ class ImapDoor:
             task.cancel()
         if self._connections:
             await asyncio.wait(self._connections, timeout=10)
+        await self.pool.close()
         if self._server is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
@@ -336,7 +365,7 @@ class _Connection:
         proxy = cfg.imap_proxy
         device = self._device()
         direct = proxy.upstream_login == "passthrough" and cfg.auth.password_verifier == "upstream"  # noqa: S105
-        session_verifier = _SessionVerifier(self.rt, self._id_for_upstream())
+        session_verifier = _SessionVerifier(self.rt, self.door.pool, self._id_for_upstream())
         remembering = _RememberingVerifier(self.rt.verifier)
         verifier: PasswordVerifier = session_verifier if direct else remembering
         result: LoginResult | None = None
@@ -388,11 +417,7 @@ class _Connection:
             login_name, login_password = user.name, password
         conn: UpstreamImap | None = None
         try:
-            conn = await UpstreamImap.connect(server)
-            if conn.has("ID"):
-                await asyncio.wait_for(
-                    conn.send_id(self._id_for_upstream()), server.timeout_seconds
-                )
+            conn = await prepared_upstream(self.door.pool, self._id_for_upstream())
             outcome = await asyncio.wait_for(
                 conn.login(login_name, login_password), server.timeout_seconds
             )
@@ -420,33 +445,34 @@ class _Connection:
         started = rt.clock()
         began = time.monotonic()
         session_id = "ses_" + secrets.token_hex(8)
-        await rt.store.open_session(
-            SessionRecord(
-                id=session_id,
-                user_name=user.name,
-                door=self.door.name,
-                source=self.source,
-                device=device,
-                node=rt.config.hostname,
-                started_at=started,
-                last_seen_at=started,
-            )
-        )
-        await rt.auditor.record(
-            "session_open",
-            "ok",
-            user=user.name,
-            source=self.source,
-            door=self.door.name,
-            detail={"session_id": session_id, "device": device, "tls": self.tls},
-        )
         # After login the client may send large commands (APPEND): the post-login limits apply,
         # and the bytes the pre-login parser already holds (pipelined commands) carry over.
         self.parser.set_limits(Limits())
         relay = ImapRelay(self.reader, self.writer, self.parser, upstream, self.door.relay_settings)
+        # The relay starts at once; the bookkeeping below runs beside it, not in the client's way.
         relay_task = asyncio.create_task(relay.run(), name=f"imap-relay-{session_id}")
         reason = "closed"
         try:
+            await rt.store.open_session(
+                SessionRecord(
+                    id=session_id,
+                    user_name=user.name,
+                    door=self.door.name,
+                    source=self.source,
+                    device=device,
+                    node=rt.config.hostname,
+                    started_at=started,
+                    last_seen_at=started,
+                )
+            )
+            await rt.auditor.record(
+                "session_open",
+                "ok",
+                user=user.name,
+                source=self.source,
+                door=self.door.name,
+                detail={"session_id": session_id, "device": device, "tls": self.tls},
+            )
             reason = await self._watch(relay, relay_task, session_id)
         except asyncio.CancelledError:
             reason = "server_shutdown"

@@ -229,8 +229,11 @@ class ImapRelay:
                     elif command.verb == "IDLE":
                         await self._start_idle(tag, event)
                     else:
+                        # Flushed when the client has nothing more for now (_client_event), so
+                        # pipelined commands leave in one write.
                         self._write_up(event)
-                        await self._flush_up()
+                        if len(self._up_buf) >= _FLUSH_AT:
+                            await self._flush_up()
                     command = None
                 case RawLine(data=data):
                     await self._done_idle(data)
@@ -390,7 +393,10 @@ class ImapRelay:
                 case LineEnd():
                     if not drop:
                         self._write_client(event)
-                    await self._flush_client()
+                    # Lines are batched until the upstream has nothing more for now (the
+                    # NEED_DATA in _upstream_event flushes): one TLS record for many lines.
+                    if len(self._client_buf) >= _FLUSH_AT:
+                        await self._flush_client()
                     self._up_line_open = False
                     self._client_lock.release()
                     if done_tag is not None:
@@ -456,6 +462,8 @@ class ImapRelay:
     async def _send_client(self, data: bytes) -> None:
         """A whole line from the proxy itself, never in the middle of a relayed line."""
         async with self._client_lock:
+            # Relayed lines still batched go first, so the client sees the upstream's order.
+            await self._flush_client()
             self.cw.write(data)
             self.bytes_out += len(data)
             await self.cw.drain()

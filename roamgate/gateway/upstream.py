@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import logging
 import ssl
 from collections.abc import Sequence
@@ -32,6 +33,12 @@ from roamgate.login.verifiers import Outcome, upstream_ssl_context
 log = logging.getLogger("roamgate.upstream")
 
 READ_SIZE = 64 * 1024
+
+
+@functools.lru_cache(maxsize=8)
+def _context(server: UpstreamServer) -> ssl.SSLContext:
+    # Building a context and loading the CA file costs milliseconds; every session needs one.
+    return upstream_ssl_context(server)
 
 
 class UpstreamError(Exception):
@@ -68,7 +75,7 @@ class UpstreamImap:
 
     @classmethod
     async def _connect(cls, server: UpstreamServer) -> UpstreamImap:
-        ctx = upstream_ssl_context(server) if server.tls != "none" else None
+        ctx = _context(server) if server.tls != "none" else None
         if server.tls == "implicit":
             reader, writer = await asyncio.open_connection(
                 server.host, server.port, ssl=ctx, server_hostname=server.host
@@ -229,3 +236,72 @@ class UpstreamImap:
 
 def _atoms(values: Sequence[object]) -> list[str]:
     return [v.value.decode("ascii", "replace") for v in values if isinstance(v, Atom)]
+
+
+class SparePool:
+    """A few connected, verified, not yet logged-in upstream sessions, kept for a short time.
+
+    Connecting and the TLS handshake are most of what a login costs the gateway. A login takes
+    a spare if one is fresh and a new one is made in the background, so a burst of logins (a
+    client reconnecting, a mail client opening several connections) does not wait for them.
+    When logins stop, spares expire and are closed, not replaced: an idle gateway holds no
+    upstream connections, and no unauthenticated client can make it open more than `size`.
+    """
+
+    def __init__(self, server: UpstreamServer, size: int, max_age: float) -> None:
+        self.server = server
+        self.size = size
+        self.max_age = max_age
+        self._spares: list[tuple[float, UpstreamImap]] = []
+        self._refill: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def take(self) -> UpstreamImap:
+        now = asyncio.get_running_loop().time()
+        conn: UpstreamImap | None = None
+        while self._spares:
+            born, spare = self._spares.pop(0)
+            if now - born < self.max_age and not spare.reader.at_eof():
+                conn = spare
+                break
+            await spare.close()
+        if self.size > 0 and not self._closed and (self._refill is None or self._refill.done()):
+            self._refill = asyncio.create_task(self._fill(), name="imap-upstream-spares")
+        return conn if conn is not None else await UpstreamImap.connect(self.server)
+
+    async def _fill(self) -> None:
+        loop = asyncio.get_running_loop()
+        while len(self._spares) < self.size and not self._closed:
+            try:
+                conn = await UpstreamImap.connect(self.server)
+            except UpstreamError as exc:
+                log.info("no spare upstream connection: %s", exc)
+                return
+            if self.closed:  # close() ran while this one was connecting
+                await conn.close()
+                return
+            born = loop.time()
+            self._spares.append((born, conn))
+            loop.call_later(self.max_age, self._expire, conn)
+
+    def _expire(self, conn: UpstreamImap) -> None:
+        for i, (_born, spare) in enumerate(self._spares):
+            if spare is conn:
+                del self._spares[i]
+                # A spare never saw a login; closing it tells the server nothing.
+                conn.writer.close()
+                return
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._refill is not None:
+            self._refill.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refill
+        spares, self._spares = self._spares, []
+        for _born, conn in spares:
+            await conn.close()

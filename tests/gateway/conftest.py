@@ -6,6 +6,7 @@ import contextlib
 import imaplib
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -222,9 +223,16 @@ def init_gateway(
     for old, new in (replace or {}).items():
         assert old in text, old
         text = text.replace(old, new)
-    proxy: dict[str, object] = {"failure_delay_ms": 100, "session_check_seconds": 1}
-    proxy.update(proxy_settings or {})
-    text += "\nimap_proxy:\n" + "".join(f"  {k}: {v}\n" for k, v in proxy.items())
+    proxy: dict[str, object] = {
+        "failure_delay_ms": 100,
+        "session_check_seconds": 1,
+        **(proxy_settings or {}),
+    }
+    for key, value in proxy.items():
+        # Keys the template already has are replaced in place (a duplicate key is an error).
+        text, n = re.subn(rf"(?m)^  {key}: .*$", f"  {key}: {value}", text)
+        if n == 0:
+            text = text.replace("imap_proxy:\n", f"imap_proxy:\n  {key}: {value}\n")
     config.write_text(text)
     r = run_cli("check-config", "-c", str(config))
     assert r.returncode == 0, r.stdout + r.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import imaplib
 import json
+import socket
 import ssl
 import time
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from roamgate import pki
-from roamgate.demo.dovecot import PrivateDovecot
+from roamgate.demo.dovecot import UNTRUSTED_SOURCE, PrivateDovecot
 from tests.gateway.conftest import Gateway, read_line, read_until_tagged, running_gateway
 
 USERS = {"frank": "frank-pw", "gina": "gina-pw"}
@@ -122,3 +123,31 @@ def test_upstream_failure_gives_bye_and_then_unavailable(strict: Gateway) -> Non
         strict.dovecot.start()
     closes = [e for e in strict.audit() if e["kind"] == "session_close" and e["user"] == "gina"]
     assert closes and closes[-1]["reason"] == "upstream_closed"
+    # Back up: the next login works at once (spare connections made before the restart are
+    # dead and must not cost the user a failed login).
+    client = strict.imaps()
+    assert client.login("gina", USERS["gina"] + strict.code("gina"))[0] == "OK"
+    client.logout()
+
+
+def test_the_mail_server_sees_the_clients_address_not_the_gateways(strict: Gateway) -> None:
+    # The client connects from 127.0.0.2; the gateway itself reaches Dovecot from 127.0.0.1.
+    raw = socket.create_connection(
+        ("127.0.0.1", strict.imaps_port), timeout=15, source_address=(UNTRUSTED_SOURCE, 0)
+    )
+    sock = strict.context().wrap_socket(raw, server_hostname="127.0.0.1")
+    assert read_line(sock).startswith(b"* OK")
+    secret = (USERS["frank"] + strict.code("frank")).encode()
+    sock.sendall(b"L1 LOGIN frank {%d}\r\n" % len(secret))
+    assert read_line(sock).startswith(b"+")
+    sock.sendall(secret + b"\r\n")
+    assert read_until_tagged(sock, b"L1")[-1].startswith(b"L1 OK")
+    sock.sendall(b"L2 LOGOUT\r\n")
+    read_until_tagged(sock, b"L2")
+    sock.close()
+    logins = [
+        line
+        for line in strict.dovecot.log_file.read_text(errors="replace").splitlines()
+        if "Login: user=<frank>" in line
+    ]
+    assert logins and f"rip={UNTRUSTED_SOURCE}" in logins[-1], logins

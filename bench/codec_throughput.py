@@ -1,6 +1,6 @@
 """Prints ResponseParser throughput for a 20 MB FETCH literal and for metadata-heavy FETCH lines.
 
-Run with `python -m tests.imap.throughput_fetch_literal`; input arrives in 64 KiB feeds.
+Run with `python -m bench.codec_throughput`; input arrives in 64 KiB feeds.
 
 A figure, not a timed test: machines differ, the number is for comparing changes.
 """

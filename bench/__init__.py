@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print figures, each side by side with its anchor."""
