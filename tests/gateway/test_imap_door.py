@@ -195,3 +195,20 @@ def test_no_secret_appears_in_logs_or_audit(gateway: Gateway) -> None:
         assert code not in audit, code
         assert f" {code}" not in logs and f"{code}\n" not in logs
     assert "Traceback" not in logs
+
+
+def test_only_capabilities_the_proxy_can_relay_are_announced(gateway: Gateway) -> None:
+    with gateway.dovecot.imap("bob", PASSWORDS["bob"]) as direct:
+        upstream_caps = set(direct.capability()[1][0].decode().upper().split())
+    client = gateway.login("bob")
+    typ, data = client.capability()
+    client.logout()
+    assert typ == "OK"
+    through = set(data[0].decode().upper().split())
+    assert through <= upstream_caps
+    # What changes the byte stream or the login never passes; the ordinary extensions do.
+    for withheld in ("COMPRESS=DEFLATE", "STARTTLS", "LOGINDISABLED", "NOTIFY", "AUTH=PLAIN"):
+        assert withheld not in through
+    assert {"IMAP4REV1", "IDLE", "UIDPLUS", "MOVE", "LITERAL+"} <= through
+    # The private Dovecot offers COMPRESS when its zlib plugin is installed; then it is withheld.
+    assert gateway.dovecot.compress == ("COMPRESS=DEFLATE" in upstream_caps)
