@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from roamgate import __version__
-from roamgate.commands import audit_log, sessions, setup, tokens, users
+from roamgate.commands import audit_log, sessions, setup, ssh_keys, tokens, users
 from roamgate.commands.common import CliError
 from roamgate.config import ConfigError, load_config
 from roamgate.runtime import Runtime, SetupError, open_runtime
@@ -127,6 +127,22 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "passwd":
             p.add_argument("--password-stdin", action="store_true")
         p.set_defaults(run=fn, needs="runtime")
+    key = user.add_parser("key", help="SSH public keys (stand in for the password, not the code)")
+    keys = key.add_subparsers(dest="key_action", metavar="ACTION")
+    keys.required = True
+    p = keys.add_parser("add", parents=[cfg], help="add a public key (an OpenSSH .pub file)")
+    p.add_argument("user")
+    p.add_argument("key_file", metavar="FILE", help="the .pub file, or - for standard input")
+    p.add_argument("--comment", help="a note (default: the key's own comment)")
+    p.set_defaults(run=ssh_keys.add, needs="runtime")
+    p = keys.add_parser("list", parents=[cfg], help="list a user's public keys")
+    p.add_argument("user")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=ssh_keys.list_keys, needs="runtime")
+    p = keys.add_parser("remove", parents=[cfg], help="remove a public key")
+    p.add_argument("user")
+    p.add_argument("fingerprint", help="SHA256:... as 'key list' shows it")
+    p.set_defaults(run=ssh_keys.remove, needs="runtime")
 
     token = sub.add_parser("token", help="manage one-time password tokens").add_subparsers(
         dest="action", metavar="ACTION"

@@ -45,11 +45,32 @@ class TlsFiles:
 
 
 @dataclass(frozen=True)
+class SshForward:
+    """A further service the SSH door forwards to, for the users named (none: nobody)."""
+
+    target: str  # HOST:PORT inside the company
+    users: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class SshSettings:
-    """The SSH door's host keys."""
+    """The SSH door: host keys, login limits, keep-alives and the forwards it allows."""
 
     host_key_files: tuple[Path, ...]
     login_timeout_seconds: int = field(default=60, metadata=int_range(5, 600))
+    # asyncssh has no MaxAuthTries: password/code answers (and keys) counted per connection.
+    max_auth_attempts: int = field(default=6, metadata=int_range(1, 20))
+    # Wait before answering a failed login: slows guessing, hides which factor failed.
+    failure_delay_ms: int = field(default=1000, metadata=int_range(0, 10000))
+    keepalive_seconds: int = field(default=30, metadata=int_range(5, 3600))
+    keepalive_count_max: int = field(default=3, metadata=int_range(1, 100))
+    max_connections: int = field(default=500, metadata=int_range(1, 100000))
+    max_connections_per_source: int = field(default=10, metadata=int_range(1, 10000))
+    max_channels_per_connection: int = field(default=32, metadata=int_range(1, 1000))
+    # How long a revoked session may run on before this node notices (it polls the store).
+    session_check_seconds: int = field(default=5, metadata=int_range(1, 300))
+    # Named services besides `imap` and `submission`: `-L 8080:NAME:80` or the exact target.
+    forwards: dict[str, SshForward] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -237,6 +258,14 @@ def _cross_checks(cfg: Config, lines: dict[str, int]) -> list[ConfigIssue]:
         bound[(listener.host, listener.port)] = name
     if cfg.listeners.ssh is not None and cfg.listeners.ssh.enabled and cfg.ssh is None:
         at("listeners.ssh", "the SSH door needs an ssh: section with host_key_files")
+    if cfg.ssh is not None:
+        for name, rule in cfg.ssh.forwards.items():
+            key = f"ssh.forwards.{name}"
+            if name.lower() in ("imap", "submission"):
+                at(key, f"{name!r} is built in; choose another name")
+            host, sep, port = rule.target.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                at(f"{key}.target", f"expected HOST:PORT, got {rule.target!r}")
 
     proxy = cfg.imap_proxy
     if proxy.upstream_login == "master":

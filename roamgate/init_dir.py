@@ -122,10 +122,17 @@ tls:
   ca_key_file: {TLS_DIR}/ca.key
   client_certificates: none        # none | optional | required
 
+# The SSH door forwards only to named services: `imap` (roamgate's own IMAP proxy, no new
+# code needed in the tunnel), `submission` (upstream.smtp) and the forwards listed here.
 ssh:
   host_key_files:
     - ssh_host_ed25519_key
     - ssh_host_rsa_key
+  login_timeout_seconds: 60
+  max_auth_attempts: 6             # password/code answers per connection
+  keepalive_seconds: 30            # a silent client is probed; 3 unanswered probes end it
+  max_connections_per_source: 10
+  forwards: {{}}                     # e.g. wiki: {{target: "10.0.0.5:80", users: [alice]}}
 
 # The corporate mail servers behind the gateway.
 upstream:

@@ -14,6 +14,7 @@ from roamgate.config import Listener
 from roamgate.gateway.imap_relay import ImapRelay, RelaySettings
 from roamgate.gateway.limits import ConnectionLimiter
 from roamgate.gateway.serve import DOORS, Door
+from roamgate.gateway.streams import Reader, Writer
 from roamgate.gateway.tls import peer_certificate_fingerprint, server_context
 from roamgate.gateway.upstream import READ_SIZE, SparePool, UpstreamError, UpstreamImap
 from roamgate.imap import capabilities
@@ -135,9 +136,15 @@ def _reason(exc: BaseException) -> str:
 
 
 class ImapDoor:
-    """One listener: `imaps` (TLS from the first byte) or `imap` (STARTTLS before login)."""
+    """One listener: `imaps` (TLS from the first byte) or `imap` (STARTTLS before login).
 
-    def __init__(self, rt: Runtime, listener: Listener, *, name: str, implicit_tls: bool) -> None:
+    Without a listener it serves IMAP sessions that another door hands it (the SSH door's
+    tunnels), each already protected by that door.
+    """
+
+    def __init__(
+        self, rt: Runtime, listener: Listener | None, *, name: str, implicit_tls: bool
+    ) -> None:
         self.rt = rt
         self.listener = listener
         self.name = name
@@ -162,6 +169,7 @@ class ImapDoor:
         self._closing = False
 
     async def start(self) -> None:
+        assert self.listener is not None
         self._server = await asyncio.start_server(
             self._accept,
             self.listener.host,
@@ -190,12 +198,27 @@ class ImapDoor:
                 await asyncio.wait_for(self._server.wait_closed(), 5)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        await self.serve_stream(reader, writer, str(peer[0]), int(peer[1]))
+
+    async def serve_stream(
+        self,
+        reader: Reader,
+        writer: Writer,
+        source: str,
+        port: int,
+        *,
+        tunnel_user: str | None = None,
+    ) -> None:
+        """One client connection from greeting to close, within the connection caps.
+
+        tunnel_user: the stream is an SSH tunnel whose login proved both factors for this
+        user; only they may log in on it, with the password alone.
+        """
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
         try:
-            peer = writer.get_extra_info("peername") or ("?", 0)
-            source, port = str(peer[0]), int(peer[1])
             refused = self.limiter.admit(source)
             if refused is not None or self._closing:
                 await self.rt.auditor.record(
@@ -208,7 +231,7 @@ class ImapDoor:
                 writer.write(b"* BYE Too many connections, try again later.\r\n")
                 return
             with self.limiter.hold(source):
-                conn = _Connection(self, reader, writer, source, port)
+                conn = _Connection(self, reader, writer, source, port, tunnel_user)
                 await conn.run()
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
@@ -221,8 +244,10 @@ class ImapDoor:
         finally:
             self._connections.discard(task)
             writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 2)
+            wait_closed = getattr(writer, "wait_closed", None)
+            if wait_closed is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(wait_closed(), 2)
 
 
 class _Connection:
@@ -231,10 +256,11 @@ class _Connection:
     def __init__(
         self,
         door: ImapDoor,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        reader: Reader,
+        writer: Writer,
         source: str,
         port: int,
+        tunnel_user: str | None,
     ) -> None:
         self.door = door
         self.rt = door.rt
@@ -242,7 +268,9 @@ class _Connection:
         self.writer = writer
         self.source = source
         self.port = port
-        self.tls = door.implicit_tls
+        self.tunnel_user = tunnel_user
+        # An SSH tunnel is encrypted already: no STARTTLS on it, and LOGIN is allowed.
+        self.tls = door.implicit_tls or tunnel_user is not None
         self.parser = CommandParser(PRELOGIN_LIMITS)
         self.assembler = Assembler(PRELOGIN_LITERAL_TOTAL)
         self.session = PreLoginSession(
@@ -333,6 +361,8 @@ class _Connection:
             )
             buffered.clear()
         left = max(1.0, self.deadline - time.monotonic())
+        # Only the plain TCP door offers STARTTLS (a tunnel starts with TLS already active).
+        assert isinstance(self.writer, asyncio.StreamWriter)
         try:
             await self.writer.start_tls(self.door.ssl_context, ssl_handshake_timeout=min(left, 30))
         except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
@@ -341,6 +371,8 @@ class _Connection:
         self.session.tls_started()
 
     def _device(self) -> str:
+        if self.tunnel_user is not None:
+            return "ssh:" + self.tunnel_user
         sslobj = self.writer.get_extra_info("ssl_object")
         fingerprint = peer_certificate_fingerprint(sslobj)
         if fingerprint is not None:
@@ -371,14 +403,24 @@ class _Connection:
         result: LoginResult | None = None
         upstream: UpstreamImap | None = None
         try:
-            result = await self.rt.authenticator.login_combined(
-                action.user,
-                action.secret,
-                source=self.source,
-                door=self.door.name,
-                device=device,
-                verifier=verifier,
-            )
+            if self.tunnel_user is not None:
+                result = await self.rt.authenticator.login_tunnelled(
+                    action.user,
+                    action.secret,
+                    tunnel_user=self.tunnel_user,
+                    source=self.source,
+                    door=self.door.name,
+                    verifier=verifier,
+                )
+            else:
+                result = await self.rt.authenticator.login_combined(
+                    action.user,
+                    action.secret,
+                    source=self.source,
+                    door=self.door.name,
+                    device=device,
+                    verifier=verifier,
+                )
             if result.ok and result.user is not None:
                 if direct:
                     upstream, session_verifier.conn = session_verifier.conn, None
@@ -471,7 +513,12 @@ class _Connection:
                 user=user.name,
                 source=self.source,
                 door=self.door.name,
-                detail={"session_id": session_id, "device": device, "tls": self.tls},
+                detail={
+                    "session_id": session_id,
+                    "device": device,
+                    "tls": self.tls,
+                    "tunnel": "ssh" if self.tunnel_user is not None else None,
+                },
             )
             reason = await self._watch(relay, relay_task, session_id)
         except asyncio.CancelledError:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from roamgate.gateway.streams import Reader, Writer
 from roamgate.gateway.upstream import READ_SIZE, UpstreamImap
 from roamgate.imap import capabilities
 from roamgate.imap.command_parser import CommandParser
@@ -73,8 +74,8 @@ class ImapRelay:
 
     def __init__(
         self,
-        client_reader: asyncio.StreamReader,
-        client_writer: asyncio.StreamWriter,
+        client_reader: Reader,
+        client_writer: Writer,
         client_parser: CommandParser,
         upstream: UpstreamImap,
         settings: RelaySettings,

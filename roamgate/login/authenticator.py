@@ -76,15 +76,108 @@ class Authenticator:
         source: str,
         door: str,
         verifier: PasswordVerifier | None = None,
+        device: str | None = None,
     ) -> LoginResult:
-        """Password and code given apart (SSH asks for each; the CLI and tests too)."""
+        """Password and code given apart (SSH asks for each; the CLI and tests too).
+
+        With a device, a success opens (or renews) its travel window.
+        """
         user, refused = await self._admit(username, source, door)
         if user is None:
             return refused
         outcome = await (verifier or self.verifier).verify(user, password)
         if outcome is not Outcome.ACCEPTED:
             return await self._password_failed(user, source, door, outcome)
-        return await self._second_factor(user, code, source, door, device=None)
+        return await self._second_factor(user, code, source, door, device=device)
+
+    async def login_with_key(
+        self, username: str, fingerprint: str, code: str, *, source: str, door: str
+    ) -> LoginResult:
+        """An SSH key the user registered stands in for the password; the code is still needed.
+
+        The caller has verified that the client holds the key (its signature); this checks
+        that the key is the user's. No travel window is opened or used: a key never replaces
+        the second factor.
+        """
+        user, refused = await self._admit(username, source, door)
+        if user is None:
+            return refused
+        keys = {k.fingerprint for k in await self.store.list_ssh_keys(user.id)}
+        if fingerprint not in keys:
+            return await self._refuse(user.name, source, door, "key_not_authorized", factor="key")
+        return await self._second_factor(
+            user, code, source, door, device=None, first="key", extra={"key": fingerprint}
+        )
+
+    async def find_window(self, username: str, devices: Sequence[str]) -> TravelWindow | None:
+        """The travel window in force for one of these devices of the user, if any."""
+        if self.travel_window_seconds <= 0:
+            return None
+        now = self.clock()
+        for device in devices:
+            window = await self.store.find_travel_window(username, device, now)
+            if window is not None:
+                return window
+        return None
+
+    async def login_in_window(
+        self,
+        username: str,
+        password: str,
+        window: TravelWindow,
+        *,
+        source: str,
+        door: str,
+        verifier: PasswordVerifier | None = None,
+    ) -> LoginResult:
+        """The password alone, from a device whose travel window (found by the caller) holds."""
+        user, refused = await self._admit(username, source, door)
+        if user is None:
+            return refused
+        current = await self.store.find_travel_window(user.name, window.device, self.clock())
+        if current is None or current.id != window.id:
+            # Revoked or expired between the prompt and the answer.
+            return await self._refuse(user.name, source, door, "window_ended", factor="window")
+        outcome = await (verifier or self.verifier).verify(user, password)
+        if outcome is not Outcome.ACCEPTED:
+            return await self._password_failed(user, source, door, outcome)
+        return await self._admitted(
+            user, source, door, "window", window=current, detail={"window_id": current.id}
+        )
+
+    async def login_tunnelled(
+        self,
+        username: str,
+        password: str,
+        *,
+        tunnel_user: str,
+        source: str,
+        door: str,
+        verifier: PasswordVerifier | None = None,
+    ) -> LoginResult:
+        """A login inside an SSH tunnel whose own login proved both factors for tunnel_user.
+
+        Only tunnel_user may log in, with the password alone; a client that still sends
+        password+code out of habit is let in too.
+        """
+        if username != tunnel_user:
+            return await self._refuse(
+                username, source, door, "tunnel_user_mismatch", factor=None, count=False
+            )
+        user, refused = await self._admit(username, source, door)
+        if user is None:
+            return refused
+        check = verifier or self.verifier
+        tries = [password]
+        tries += [p for p, _c in split_candidates(password, await self.second.code_lengths(user))]
+        outcome = Outcome.REJECTED
+        for candidate in dict.fromkeys(tries):
+            outcome = await check.verify(user, candidate)
+            if outcome is not Outcome.REJECTED:
+                break
+        if outcome is not Outcome.ACCEPTED:
+            return await self._password_failed(user, source, door, outcome)
+        return await self._admitted(user, source, door, "ssh", None, {})
 
     async def login_combined(
         self,
@@ -176,7 +269,15 @@ class Authenticator:
         return await self._refuse(user.name, source, door, "bad_password", factor="password")
 
     async def _second_factor(
-        self, user: UserRecord, code: str, source: str, door: str, *, device: str | None
+        self,
+        user: UserRecord,
+        code: str,
+        source: str,
+        door: str,
+        *,
+        device: str | None,
+        first: str = "password",
+        extra: dict[str, JsonValue] | None = None,
     ) -> LoginResult:
         checked: FactorResult = await self.second.verify(user, code)
         if not checked.ok:
@@ -189,10 +290,10 @@ class Authenticator:
                 door,
                 f"bad_code:{checked.reason}",
                 factor=checked.factor or "otp",
-                detail=detail,
+                detail={**detail, **(extra or {})},
             )
         window = None
-        detail = {"token_id": checked.token_id}
+        detail = {"token_id": checked.token_id, **(extra or {})}
         if device is not None and self.travel_window_seconds > 0:
             now = self.clock()
             window = await self.store.open_travel_window(
@@ -204,7 +305,9 @@ class Authenticator:
                 now + self.travel_window_seconds,
             )
             detail["window_id"] = window.id
-        return await self._admitted(user, source, door, checked.factor or "otp", window, detail)
+        return await self._admitted(
+            user, source, door, checked.factor or "otp", window, detail, first=first
+        )
 
     async def _admitted(
         self,
@@ -214,6 +317,8 @@ class Authenticator:
         factor: str,
         window: TravelWindow | None,
         detail: dict[str, JsonValue],
+        *,
+        first: str = "password",
     ) -> LoginResult:
         for hold in self.holds:
             reason = await hold(user, source, door)
@@ -229,7 +334,7 @@ class Authenticator:
             user=user.name,
             source=source,
             door=door,
-            factor=f"password+{factor}",
+            factor=f"{first}+{factor}",
             detail=detail,
         )
         return LoginResult(True, "ok", user, factor, window=window)

@@ -80,6 +80,18 @@ class CallbackRecord:
 
 
 @dataclass(frozen=True)
+class SshKeyRecord:
+    """A public key that may stand in for the user's password at the SSH door (not the code)."""
+
+    id: int
+    user_id: int
+    fingerprint: str
+    public_key: str
+    comment: str
+    created_at: float
+
+
+@dataclass(frozen=True)
 class SessionRecord:
     id: str
     user_name: str
@@ -253,6 +265,19 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def remove_callback(self, callback_id: int) -> bool: ...
+
+    # -- SSH keys
+    @abc.abstractmethod
+    async def add_ssh_key(
+        self, user_id: int, fingerprint: str, public_key: str, comment: str, now: float
+    ) -> SshKeyRecord:
+        """Register a key; raise DuplicateError if the user has it already."""
+
+    @abc.abstractmethod
+    async def list_ssh_keys(self, user_id: int) -> list[SshKeyRecord]: ...
+
+    @abc.abstractmethod
+    async def remove_ssh_key(self, user_id: int, fingerprint: str) -> bool: ...
 
     # -- sessions
     @abc.abstractmethod

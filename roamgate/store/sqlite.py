@@ -19,6 +19,7 @@ from roamgate.store.base import (
     CallbackRecord,
     DuplicateError,
     SessionRecord,
+    SshKeyRecord,
     Store,
     StoreError,
     ThrottleRecord,
@@ -40,6 +41,7 @@ _SESSION_COLS = (
     "id, user_name, door, source, device, node, started_at, last_seen_at, ended_at,"
     " end_reason, end_requested_at, bytes_in, bytes_out"
 )
+_SSH_KEY_COLS = "id, user_id, fingerprint, public_key, comment, created_at"
 _WINDOW_COLS = "id, user_name, device, door, created_at, expires_at, revoked_at"
 _AUDIT_COLS = "id, ts, kind, result, user_name, source, door, factor, reason, actor, detail"
 
@@ -408,6 +410,35 @@ class SqliteStore(Store):
     async def remove_callback(self, callback_id: int) -> bool:
         return await self._run("DELETE FROM callbacks WHERE id = ?", (callback_id,)) == 1
 
+    # -- SSH keys
+    async def add_ssh_key(
+        self, user_id: int, fingerprint: str, public_key: str, comment: str, now: float
+    ) -> SshKeyRecord:
+        try:
+            row = await self._one(
+                "INSERT INTO ssh_keys (user_id, fingerprint, public_key, comment, created_at)"
+                f" VALUES (?, ?, ?, ?, ?) RETURNING {_SSH_KEY_COLS}",
+                (user_id, fingerprint, public_key, comment, now),
+            )
+        except DuplicateError:
+            raise DuplicateError(
+                "this key is registered already, or the user does not exist"
+            ) from None
+        assert row is not None
+        return _ssh_key(row)
+
+    async def list_ssh_keys(self, user_id: int) -> list[SshKeyRecord]:
+        rows = await self._all(
+            f"SELECT {_SSH_KEY_COLS} FROM ssh_keys WHERE user_id = ? ORDER BY id", (user_id,)
+        )
+        return [_ssh_key(r) for r in rows]
+
+    async def remove_ssh_key(self, user_id: int, fingerprint: str) -> bool:
+        n = await self._run(
+            "DELETE FROM ssh_keys WHERE user_id = ? AND fingerprint = ?", (user_id, fingerprint)
+        )
+        return n == 1
+
     # -- sessions
     async def open_session(self, session: SessionRecord) -> None:
         try:
@@ -624,6 +655,10 @@ def _throttle(r: sqlite3.Row) -> ThrottleRecord:
 
 def _callback(r: sqlite3.Row) -> CallbackRecord:
     return CallbackRecord(r[0], r[1], r[2], r[3], r[4], r[5])
+
+
+def _ssh_key(r: sqlite3.Row) -> SshKeyRecord:
+    return SshKeyRecord(r[0], r[1], r[2], r[3], r[4], r[5])
 
 
 def _session(r: sqlite3.Row) -> SessionRecord:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from roamgate.config import load_config
 from roamgate.demo.dovecot import PrivateDovecot, free_port
 from roamgate.demo.mailbox import sample_mailbox
 from tests.conftest import require_program, run_cli
@@ -48,6 +49,7 @@ class Gateway:
     secrets: dict[str, str] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
     handed_out: list[str] = field(default_factory=list)
+    ssh_port: int = 0
 
     @property
     def ca_file(self) -> Path:
@@ -193,6 +195,7 @@ def init_gateway(
     d: Path,
     proxy_settings: dict[str, object] | None = None,
     replace: dict[str, str] | None = None,
+    extra_init: tuple[str, ...] = (),
 ) -> tuple[Path, int, int]:
     imaps_port, imap_port = free_port(), free_port()
     r = run_cli(
@@ -213,6 +216,7 @@ def init_gateway(
         str(free_port()),
         "--web-port",
         str(free_port()),
+        *extra_init,
     )
     assert r.returncode == 0, r.stderr
     config = d / "roamgate.yaml"
@@ -246,9 +250,12 @@ def running_gateway(
     users: dict[str, str] | None = None,
     proxy_settings: dict[str, object] | None = None,
     replace: dict[str, str] | None = None,
+    extra_init: tuple[str, ...] = (),
 ) -> Iterator[Gateway]:
     """init + user add + token enroll (HOTP; TOTP for TOTP_USER) + serve, stopped on exit."""
-    config, imaps_port, imap_port = init_gateway(dovecot, d, proxy_settings, replace)
+    config, imaps_port, imap_port = init_gateway(dovecot, d, proxy_settings, replace, extra_init)
+    ssh = load_config(config).listeners.ssh
+    ssh_port = ssh.port if ssh is not None else 0
     gw_secrets: dict[str, str] = {}
     for user in users if users is not None else PASSWORDS:
         assert run_cli("user", "add", user, "-c", str(config)).returncode == 0
@@ -261,6 +268,8 @@ def running_gateway(
     try:
         wait_for_port(imaps_port, process, log_file)
         wait_for_port(imap_port, process, log_file)
+        if ssh_port:
+            wait_for_port(ssh_port, process, log_file)
         yield Gateway(
             d,
             config,
@@ -271,6 +280,7 @@ def running_gateway(
             process,
             gw_secrets,
             dict.fromkeys(gw_secrets, 0),
+            ssh_port=ssh_port,
         )
     finally:
         stop_serve(process)

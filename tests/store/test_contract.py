@@ -217,6 +217,26 @@ async def test_callbacks(store: Store) -> None:
     assert not await store.remove_callback(cb.id)
 
 
+async def test_ssh_keys(store: Store) -> None:
+    u = await store.add_user("kent", T0)
+    other = await store.add_user("lena", T0)
+    k = await store.add_ssh_key(u.id, "SHA256:abc", "ssh-ed25519 AAAA kent@laptop", "laptop", T0)
+    assert (k.user_id, k.fingerprint, k.comment) == (u.id, "SHA256:abc", "laptop")
+    with pytest.raises(DuplicateError):
+        await store.add_ssh_key(u.id, "SHA256:abc", "ssh-ed25519 AAAA", "", T0)
+    with pytest.raises(DuplicateError):
+        await store.add_ssh_key(999_999, "SHA256:zzz", "ssh-ed25519 AAAA", "", T0)
+    # The same key may belong to two users; each has their own row.
+    await store.add_ssh_key(other.id, "SHA256:abc", "ssh-ed25519 AAAA", "", T0)
+    await store.add_ssh_key(u.id, "SHA256:def", "ssh-ed25519 BBBB", "", T0 + 1)
+    assert [x.fingerprint for x in await store.list_ssh_keys(u.id)] == ["SHA256:abc", "SHA256:def"]
+    assert await store.remove_ssh_key(u.id, "SHA256:abc")
+    assert not await store.remove_ssh_key(u.id, "SHA256:abc")
+    assert [x.fingerprint for x in await store.list_ssh_keys(other.id)] == ["SHA256:abc"]
+    assert await store.remove_user("kent")
+    assert await store.list_ssh_keys(u.id) == []
+
+
 async def test_sessions(store: Store) -> None:
     s = SessionRecord(
         id="ses_1",
