@@ -3,7 +3,9 @@
 # Only what is missing is installed, so a second run costs a few dpkg queries.
 set -euo pipefail
 
-want=(dovecot-imapd oathtool openssl openssh-client)
+# dovecot-imapd: the corporate IMAP server; oathtool: an independent OTP generator; openssh-client
+# and mutt: real clients; openssh-server: the anchor that bench/ssh_tunnel.py measures against.
+want=(dovecot-imapd oathtool openssl openssh-client openssh-server mutt)
 missing=()
 for pkg in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -17,6 +19,14 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "install-peers: apt-get install ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+# Packages must not start their system services (a Dovecot on 143, an sshd on 22): the tests
+# run private instances. policy-rc.d answering 101 is Debian's "don't start" switch.
+policy=/usr/sbin/policy-rc.d
+made_policy=""
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy" && made_policy=1
+fi
+trap '[ -n "$made_policy" ] && rm -f "$policy"' EXIT
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # The package starts the system Dovecot; roamgate runs its own private instance and
