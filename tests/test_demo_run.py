@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+from roamgate.demo.dovecot import free_port
 from tests.conftest import require_program
 
 
@@ -58,6 +59,36 @@ class _Output:
         return self.text
 
 
+def _ssh_login(tmp: Path, ssh_port: int, known_hosts: str) -> None:
+    askpass = tmp / "askpass"
+    askpass.write_text('#!/bin/sh\necho "$1" >> "$0.prompts"\necho demo-password\n')
+    askpass.chmod(0o755)
+    local = free_port()
+    ssh = subprocess.Popen(
+        ["setsid", require_program("ssh"), "-F", "/dev/null", "-N", "-p", str(ssh_port),
+         "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes",
+         "-o", "ExitOnForwardFailure=yes", "-L", f"127.0.0.1:{local}:imap:143", "demo@127.0.0.1"],
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": ":0"},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client = imaplib.IMAP4("127.0.0.1", local, timeout=30)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and ssh.poll() is None, "no SSH tunnel"
+                time.sleep(0.2)
+        assert client.login("demo", "demo-password")[0] == "OK"
+        assert client.select("INBOX", readonly=True) == ("OK", [b"35"])
+        client.logout()
+        assert Path(f"{askpass}.prompts").read_text().split("\n")[0].endswith("Password: ")
+    finally:
+        ssh.terminate()
+        ssh.wait(timeout=10)
+
+
 def test_make_demo_serves_a_real_login_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     oathtool = require_program("oathtool")
     process = subprocess.Popen(
@@ -89,6 +120,11 @@ def test_make_demo_serves_a_real_login_and_stops_on_ctrl_c(tmp_path: Path) -> No
         status, data = client.select("INBOX", readonly=True)
         assert status == "OK" and data == [b"35"]
         client.logout()
+        # The SSH door, with the OpenSSH command the demo printed: this address has a travel
+        # window now (the login above), so only the password is asked.
+        ssh_line = re.search(r"ssh -N -p (\d+) -o UserKnownHostsFile=(\S+) -L", out)
+        assert ssh_line and "roamgate-connect --gateway 127.0.0.1:" in out, out
+        _ssh_login(tmp_path, int(ssh_line.group(1)), ssh_line.group(2))
     finally:
         process.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
         process.wait(timeout=60)

@@ -15,6 +15,7 @@ from types import FrameType
 
 from roamgate.demo.dovecot import DovecotError, PrivateDovecot, free_port
 from roamgate.demo.mailbox import sample_mailbox
+from roamgate.pki import ssh_fingerprint
 
 DEMO_USER = "demo"
 # A demo, not a secret: the user types it followed by the code from their authenticator.
@@ -78,8 +79,18 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float =
     raise DemoError(f"roamgate serve did not listen on 127.0.0.1:{port} within {timeout:g} s")
 
 
+def _ssh_known_hosts(gw: Path, port: int) -> tuple[Path, str]:
+    """A known_hosts file for the demo's SSH door, and its Ed25519 fingerprint."""
+    pub = (gw / "ssh_host_ed25519_key.pub").read_text().split()
+    known = gw / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{port} {pub[0]} {pub[1]}\n")
+    return known, ssh_fingerprint(gw / "ssh_host_ed25519_key")
+
+
 def _how_to_connect(gw: Path, ports: dict[str, int], secret: str) -> str:
     ca = gw / "tls" / "ca.pem"
+    known, fingerprint = _ssh_known_hosts(gw, ports["ssh"])
+    connect = Path(sys.executable).parent / "roamgate-connect"
     login = (
         "import imaplib, ssl; "
         f'c = imaplib.IMAP4_SSL("127.0.0.1", {ports["imaps"]}, '
@@ -99,6 +110,14 @@ def _how_to_connect(gw: Path, ports: dict[str, int], secret: str) -> str:
  IMAPS (TLS from the first byte)  127.0.0.1:{ports["imaps"]}
  IMAP with STARTTLS                127.0.0.1:{ports["imap"]}
  The gateway's CA certificate:     {ca}
+ SSH door (port forwarding only)   127.0.0.1:{ports["ssh"]}, host key {fingerprint}
+
+ The laptop connector (asks for the password, then the code; reconnects when the line drops):
+   {connect} --gateway 127.0.0.1:{ports["ssh"]} --user {DEMO_USER} --host-key {fingerprint}
+   then point a mail client at IMAP 127.0.0.1:1143 with the password alone (no code: the
+   SSH login took it), e.g. {sys.executable} -c 'import imaplib; c = imaplib.IMAP4("127.0.0.1", 1143); print(c.login("{DEMO_USER}", "{DEMO_PASSWORD}"))'
+ Or plain OpenSSH (prompts "Password: " then "One-time code: "):
+   ssh -N -p {ports["ssh"]} -o UserKnownHostsFile={known} -L 1143:imap:143 {DEMO_USER}@127.0.0.1
 
  Try it from another terminal:
    {sys.executable} -c '{login}'
@@ -172,6 +191,7 @@ def run(workdir: Path, auto_ports: bool) -> int:
         )
         _wait_for_port(ports["imaps"], serve)
         _wait_for_port(ports["imap"], serve)
+        _wait_for_port(ports["ssh"], serve)
         print(_how_to_connect(gw, ports, found.group(1)), flush=True)
         while not stop and serve.poll() is None and dovecot.running:
             time.sleep(0.2)
