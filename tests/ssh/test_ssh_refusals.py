@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -236,3 +237,18 @@ async def test_channels_per_connection_are_capped(ssh_gw: SshGateway) -> None:
         await _refused(ssh_gw, "too_many_channels", before)
         for writer in open_ones:
             writer.close()
+
+
+async def test_a_backup_code_answers_the_code_prompt_once(ssh_gw: SshGateway) -> None:
+    assert ssh_gw.gw.cli("session", "revoke", "--user", "dave").returncode == 0
+    sheet = ssh_gw.gw.cli("backup-codes", "dave", "--json")
+    assert sheet.returncode == 0, sheet.stderr
+    code = json.loads(sheet.stdout)["codes"][0]
+    conn, client = await _connect(ssh_gw, "dave", SSH_USERS["dave"], code)
+    conn.close()
+    assert client.prompts == ["Password: ", "One-time code: "]
+    auth = [e for e in _events(ssh_gw, "auth") if e.get("user") == "dave" and e["door"] == "ssh"]
+    assert auth[-1]["result"] == "ok" and auth[-1]["factor"] == "password+backup"
+    assert ssh_gw.gw.cli("session", "revoke", "--user", "dave").returncode == 0
+    with pytest.raises(asyncssh.PermissionDenied):
+        await _connect(ssh_gw, "dave", SSH_USERS["dave"], code)
