@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = user.add_parser("list", parents=[cfg], help="list users")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=users.list_users, needs="runtime")
+    p = user.add_parser("set", parents=[cfg], help="change a user's settings")
+    p.add_argument("user")
+    p.add_argument(
+        "--profile", required=True, metavar="NAME", help="link profile: lan, isdn, phs, pda or own"
+    )
+    p.set_defaults(run=users.set_options, needs="runtime")
     for action, fn, text in (
         ("disable", lambda rt, a: users.set_enabled(rt, a, False), "refuse all logins"),
         ("enable", lambda rt, a: users.set_enabled(rt, a, True), "allow logins again"),

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+from roamgate.profiles import LinkProfile, merged_profiles
 from roamgate.yamlbind import PORT, ConfigError, ConfigIssue, Secret, int_range, load_yaml_into
 
 __all__ = ["Config", "ConfigError", "ConfigIssue", "Secret", "load_config"]
 
 DEFAULT_CONFIG_NAME = "roamgate.yaml"
+# Profile names travel in IMAP user names (`alice#phs`) and audit lines: keep them plain.
+PROFILE_NAME = re.compile(r"[a-z0-9_-]{1,32}")
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,8 @@ class ImapProxySettings:
     master_user: str | None = None
     master_password: Secret | None = None
     master_separator: str = "*"
+    # `alice#phs` as the IMAP user name picks the link profile `phs` for that session.
+    profile_separator: str = "#"
 
 
 @dataclass(frozen=True)
@@ -205,6 +211,8 @@ class Config:
     store: StoreSettings = field(default_factory=StoreSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    # Link profiles by name: added to the built-in ones (lan, isdn, phs, pda) or replacing one.
+    profiles: dict[str, LinkProfile] = field(default_factory=dict)
     # Set by load_config, not read from the file.
     path: Path = field(default=Path(DEFAULT_CONFIG_NAME), metadata={"internal": True})
 
@@ -219,6 +227,10 @@ class Config:
             return url
         p = Path(url).expanduser()
         return str(p if p.is_absolute() else self.base_dir / p)
+
+    def link_profiles(self) -> dict[str, LinkProfile]:
+        """Every profile a user or a login may name: the built-in ones and the config's own."""
+        return merged_profiles(self.profiles)
 
 
 def _cross_checks(cfg: Config, lines: dict[str, int]) -> list[ConfigIssue]:
@@ -267,7 +279,17 @@ def _cross_checks(cfg: Config, lines: dict[str, int]) -> list[ConfigIssue]:
             if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
                 at(f"{key}.target", f"expected HOST:PORT, got {rule.target!r}")
 
+    for name in cfg.profiles:
+        if not PROFILE_NAME.fullmatch(name):
+            at(f"profiles.{name}", "a profile name is 1-32 of a-z, 0-9, '_' and '-'")
+
     proxy = cfg.imap_proxy
+    sep = proxy.profile_separator
+    if not _is_separator(sep):
+        at(
+            "imap_proxy.profile_separator",
+            f"expected one character other than a letter, digit, '@', '.' or space, got {sep!r}",
+        )
     if proxy.upstream_login == "master":
         if not proxy.master_user:
             at("imap_proxy.master_user", "upstream_login: master needs master_user")
@@ -293,6 +315,18 @@ def _cross_checks(cfg: Config, lines: dict[str, int]) -> list[ConfigIssue]:
     if cfg.upstream.imap.tls == "none" and not _is_loopback(cfg.upstream.imap.host):
         at("upstream.imap.tls", "'none' is only allowed for an upstream on this machine (loopback)")
     return issues
+
+
+def _is_separator(text: str) -> bool:
+    # Printable ASCII only: it is typed into a mail client's user name field.
+    return (
+        len(text) == 1
+        and text.isascii()
+        and text.isprintable()
+        and not text.isspace()
+        and not text.isalnum()
+        and text not in "@."
+    )
 
 
 def _is_loopback(host: str) -> bool:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from roamgate.config import ConfigError, load_config
+from roamgate.profiles import BUILTIN_PROFILES, LinkProfile
 
 GOOD = """\
 hostname: gw.example.com
@@ -172,3 +173,75 @@ def test_plaintext_upstream_only_on_loopback(tmp_path: Path) -> None:
 def test_hard_lock_cannot_reach_one_hundred(tmp_path: Path) -> None:
     p = _write(tmp_path, GOOD + "auth:\n  lockout:\n    hard_lock_after: 100\n")
     assert _errors(p) == [f"{p}:23 auth.lockout.hard_lock_after: expected an integer 2-99, got 100"]
+
+
+PROFILES = """\
+profiles:
+  hotel-wifi:
+    text_budget: 16384
+    header_policy: reader
+    keep_headers: [X-Priority]
+  phs:
+    text_budget: 4096
+"""
+
+
+def test_profiles_add_to_and_replace_the_built_in_ones(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, GOOD + PROFILES))
+    profiles = cfg.link_profiles()
+    assert set(profiles) == {"lan", "isdn", "phs", "pda", "hotel-wifi"}
+    hotel = profiles["hotel-wifi"]
+    assert (hotel.text_budget, hotel.header_policy, hotel.keep_headers) == (
+        16384,
+        "reader",
+        ("X-Priority",),
+    )
+    assert hotel.compression_level == 6  # unset fields keep LinkProfile's defaults
+    assert profiles["phs"] == LinkProfile(text_budget=4096)  # replaced whole, not merged
+    assert profiles["isdn"] == BUILTIN_PROFILES["isdn"]
+    assert cfg.imap_proxy.profile_separator == "#"
+    assert load_config(_write(tmp_path, GOOD)).link_profiles() == BUILTIN_PROFILES
+
+
+def test_profile_errors_name_file_line_and_key(tmp_path: Path) -> None:
+    text = GOOD + (
+        "profiles:\n"  # line 21
+        "  slow:\n"
+        "    text_budget: -1\n"
+        "    header_policy: none\n"
+        "    colour: blue\n"
+        "  fine: {}\n"
+    )
+    p = _write(tmp_path, text)
+    assert _errors(p) == [
+        f"{p}:23 profiles.slow.text_budget: expected an integer 0-67108864, got -1",
+        f"{p}:24 profiles.slow.header_policy: expected one of 'full', 'reader', got 'none'",
+        f"{p}:25 profiles.slow.colour: unknown key",
+    ]
+    p = _write(tmp_path, GOOD + "profiles: [phs]\n")
+    assert _errors(p) == [f"{p}:21 profiles: expected a mapping, got a list"]
+
+
+def test_profile_names_are_plain(tmp_path: Path) -> None:
+    long = "x" * 33
+    text = GOOD + f"profiles:\n  Hotel:\n    text_budget: 10\n  {long}: {{}}\n  a_b-9: {{}}\n"
+    p = _write(tmp_path, text)
+    assert _errors(p) == [
+        f"{p}:22 profiles.Hotel: a profile name is 1-32 of a-z, 0-9, '_' and '-'",
+        f"{p}:24 profiles.{long}: a profile name is 1-32 of a-z, 0-9, '_' and '-'",
+    ]
+
+
+@pytest.mark.parametrize("sep", ["a", "7", "@", ".", " ", "##", "é"])
+def test_profile_separator_is_one_plain_punctuation_character(tmp_path: Path, sep: str) -> None:
+    p = _write(tmp_path, GOOD + f"imap_proxy:\n  profile_separator: '{sep}'\n")
+    assert _errors(p) == [
+        f"{p}:22 imap_proxy.profile_separator: expected one character other than a letter,"
+        f" digit, '@', '.' or space, got {sep!r}"
+    ]
+
+
+@pytest.mark.parametrize("sep", ["#", "+", "%", "!", "~"])
+def test_profile_separator_accepts_punctuation(tmp_path: Path, sep: str) -> None:
+    p = _write(tmp_path, GOOD + f"imap_proxy:\n  profile_separator: '{sep}'\n")
+    assert load_config(p).imap_proxy.profile_separator == sep

@@ -1,4 +1,4 @@
-"""`roamgate user add|list|disable|enable|remove|unlock|passwd`."""
+"""`roamgate user add|list|set|disable|enable|remove|unlock|passwd`."""
 
 from __future__ import annotations
 
@@ -27,6 +27,15 @@ def _check_name(name: str) -> None:
         raise CliError(f"invalid user name {name!r}: use 1-128 letters, digits and . _ - @ + only")
 
 
+def _check_profile(rt: Runtime, profile: str) -> None:
+    known = rt.config.link_profiles()
+    if profile not in known:
+        raise CliError(
+            f"no such profile: {profile} (configured: {', '.join(sorted(known))});"
+            " nothing was changed"
+        )
+
+
 def _read_password(args: argparse.Namespace) -> str:
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
@@ -43,6 +52,7 @@ def _read_password(args: argparse.Namespace) -> str:
 
 async def add(rt: Runtime, args: argparse.Namespace) -> int:
     _check_name(args.user)
+    _check_profile(rt, args.profile)
     local = rt.config.auth.password_verifier == "local"  # noqa: S105 (a verifier name)
     password_hash = None
     if local or args.password_stdin:
@@ -67,6 +77,18 @@ async def add(rt: Runtime, args: argparse.Namespace) -> int:
     )
     print(f"user {user.name} added; first factor: {how}")
     print(f"next: roamgate token enroll {user.name} --type totp")
+    return 0
+
+
+async def set_options(rt: Runtime, args: argparse.Namespace) -> int:
+    """`user set USER --profile NAME`: change what a user has; each change is audited."""
+    user = await require_user(rt, args.user)
+    _check_profile(rt, args.profile)
+    await rt.store.set_user_profile(user.name, args.profile, rt.clock())
+    await rt.auditor.record(
+        "user_set", "ok", user=user.name, actor=actor(), detail={"profile": args.profile}
+    )
+    print(f"user {user.name}: profile {args.profile} (was {user.profile})")
     return 0
 
 

@@ -33,6 +33,7 @@ from roamgate.imap.prelogin import (
 )
 from roamgate.imap.values import Response
 from roamgate.login.authenticator import LoginResult
+from roamgate.login.profile_choice import LoginName, choose_profile, split_login
 from roamgate.login.verifiers import Outcome, PasswordVerifier
 from roamgate.runtime import Runtime
 from roamgate.store.base import SessionRecord, UserRecord
@@ -159,6 +160,7 @@ class ImapDoor:
             idle_renew=float(self.settings.idle_renew_seconds),
             keepalive=float(self.settings.keepalive_seconds),
         )
+        self.profiles = rt.config.link_profiles()
         self.pool = SparePool(
             rt.config.upstream.imap,
             self.settings.upstream_spares,
@@ -279,6 +281,8 @@ class _Connection:
             max_failures=door.settings.max_login_failures,
         )
         self.deadline = time.monotonic() + door.settings.login_grace_seconds
+        # The profile named by the login's suffix (`alice#phs`), once the login has succeeded.
+        self.login_profile: str | None = None
 
     async def run(self) -> None:
         self.writer.write(self.session.greeting())
@@ -402,10 +406,13 @@ class _Connection:
         verifier: PasswordVerifier = session_verifier if direct else remembering
         result: LoginResult | None = None
         upstream: UpstreamImap | None = None
+        login = await self._login_name(action.user)
         try:
-            if self.tunnel_user is not None:
+            if login.unknown_suffix is not None:
+                result = await self._refuse_unknown_profile(login)
+            elif self.tunnel_user is not None:
                 result = await self.rt.authenticator.login_tunnelled(
-                    action.user,
+                    login.user,
                     action.secret,
                     tunnel_user=self.tunnel_user,
                     source=self.source,
@@ -414,7 +421,7 @@ class _Connection:
                 )
             else:
                 result = await self.rt.authenticator.login_combined(
-                    action.user,
+                    login.user,
                     action.secret,
                     source=self.source,
                     door=self.door.name,
@@ -437,11 +444,35 @@ class _Connection:
                 self.session.login_result(action.tag, ok=False, temporary=result.temporary)
             )
             return None
+        self.login_profile = login.profile
         caps = capabilities.filter_upstream(upstream.capabilities)
         await self._perform(
             self.session.login_result(action.tag, ok=True, temporary=False, caps=caps)
         )
         return upstream, result.user, device
+
+    async def _login_name(self, login: str) -> LoginName:
+        """The user name without its profile suffix; only the bare name goes any further."""
+        name = split_login(login, self.door.settings.profile_separator, self.door.profiles)
+        if name.unknown_suffix is not None and await self.rt.store.get_user(login) is not None:
+            # A user whose name holds the separator (say `-`) logs in under that whole name.
+            return LoginName(login)
+        return name
+
+    async def _refuse_unknown_profile(self, login: LoginName) -> LoginResult:
+        """A suffix naming no configured profile: refused before any factor is checked."""
+        await self.rt.auditor.record(
+            "auth",
+            "fail",
+            user=login.user,
+            source=self.source,
+            door=self.door.name,
+            reason="unknown_profile",
+            detail={"profile": (login.unknown_suffix or "")[:64]},
+        )
+        # Counted against the source only, like an unknown user name.
+        await self.rt.throttle.failure(None, self.source, self.door.name)
+        return LoginResult(False, "unknown_profile")
 
     async def _upstream_login(self, user: UserRecord, password: str | None) -> UpstreamImap | None:
         """Log in upstream after a login decided by a verifier other than the upstream."""
@@ -490,7 +521,23 @@ class _Connection:
         # After login the client may send large commands (APPEND): the post-login limits apply,
         # and the bytes the pre-login parser already holds (pipelined commands) carry over.
         self.parser.set_limits(Limits())
-        relay = ImapRelay(self.reader, self.writer, self.parser, upstream, self.door.relay_settings)
+        choice = choose_profile(
+            login_profile=self.login_profile,
+            client_id=self.session.client_id,
+            stored=user.profile,
+            known=self.door.profiles,
+        )
+        if choice.ignored:
+            log.warning("%s: no such profile %s; using %s", user.name, choice.ignored, choice.name)
+        relay = ImapRelay(
+            self.reader,
+            self.writer,
+            self.parser,
+            upstream,
+            self.door.relay_settings,
+            profile=self.door.profiles[choice.name],
+            profile_name=choice.name,
+        )
         # The relay starts at once; the bookkeeping below runs beside it, not in the client's way.
         relay_task = asyncio.create_task(relay.run(), name=f"imap-relay-{session_id}")
         reason = "closed"
@@ -518,6 +565,8 @@ class _Connection:
                     "device": device,
                     "tls": self.tls,
                     "tunnel": "ssh" if self.tunnel_user is not None else None,
+                    "profile": choice.name,
+                    "profile_source": choice.source,
                 },
             )
             reason = await self._watch(relay, relay_task, session_id)

@@ -46,6 +46,7 @@ from roamgate.imap.events import (
     Text,
 )
 from roamgate.imap.serialize import EventWriter, error_reply
+from roamgate.profiles import BUILTIN_PROFILES, DEFAULT_PROFILE, LinkProfile
 
 log = logging.getLogger("roamgate.imap")
 
@@ -81,6 +82,8 @@ class ImapRelay:
         settings: RelaySettings,
         *,
         clock: Callable[[], float] = time.monotonic,
+        profile: LinkProfile = BUILTIN_PROFILES[DEFAULT_PROFILE],
+        profile_name: str = DEFAULT_PROFILE,
     ) -> None:
         self.cr = client_reader
         self.cw = client_writer
@@ -88,6 +91,9 @@ class ImapRelay:
         self.up = upstream
         self.settings = settings
         self.clock = clock
+        # The session's link profile (chosen at login): how whole-message fetches are shaped.
+        self.profile = profile
+        self.profile_name = profile_name
         self.bytes_in = 0
         self.bytes_out = 0
         self._to_up = EventWriter()

@@ -182,6 +182,10 @@ class Store(abc.ABC):
     async def set_password_hash(self, name: str, password_hash: str | None, now: float) -> bool: ...
 
     @abc.abstractmethod
+    async def set_user_profile(self, name: str, profile: str, now: float) -> bool:
+        """Set the link profile a user's sessions get by default; False if there is no such user."""
+
+    @abc.abstractmethod
     async def remove_user(self, name: str) -> bool:
         """Delete a user with their tokens, backup codes and callbacks; audit stays."""
 

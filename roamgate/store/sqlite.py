@@ -236,6 +236,12 @@ class SqliteStore(Store):
         )
         return n == 1
 
+    async def set_user_profile(self, name: str, profile: str, now: float) -> bool:
+        n = await self._run(
+            "UPDATE users SET profile = ?, updated_at = ? WHERE name = ?", (profile, now, name)
+        )
+        return n == 1
+
     async def remove_user(self, name: str) -> bool:
         return await self._run("DELETE FROM users WHERE name = ?", (name,)) == 1
 

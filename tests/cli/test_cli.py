@@ -198,6 +198,44 @@ def test_user_lifecycle_is_audited(gateway_dir: Path) -> None:
     assert bad.returncode == 1 and "invalid user name" in bad.stderr
 
 
+def test_user_set_profile_is_checked_and_audited(gateway_dir: Path) -> None:
+    c = _cfg(gateway_dir)
+    cfg = gateway_dir / "roamgate.yaml"
+    cfg.write_text(cfg.read_text() + "profiles:\n  hotel:\n    text_budget: 2048\n")
+    assert run_cli("user", "add", "gina", "--profile", "isdn", *c).returncode == 0
+    r = run_cli("user", "set", "gina", "--profile", "phs", *c)
+    assert (r.returncode, r.stdout) == (0, "user gina: profile phs (was isdn)\n"), r.stderr
+    assert run_cli("user", "set", "gina", "--profile", "hotel", *c).returncode == 0  # own profile
+    listing = json.loads(run_cli("user", "list", "--json", *c).stdout)
+    assert [(u["user"], u["profile"]) for u in listing] == [("gina", "hotel")]
+    assert "hotel" in run_cli("user", "list", *c).stdout.splitlines()[1].split()
+    unknown = run_cli("user", "set", "gina", "--profile", "nosuch", *c)
+    assert unknown.returncode == 1
+    assert unknown.stderr == (
+        "roamgate: no such profile: nosuch (configured: hotel, isdn, lan, pda, phs);"
+        " nothing was changed\n"
+    )
+    bad_add = run_cli("user", "add", "hank", "--profile", "nosuch", *c)
+    assert bad_add.returncode == 1 and bad_add.stderr.startswith("roamgate: no such profile:")
+    nobody = run_cli("user", "set", "nobody", "--profile", "phs", *c)
+    assert nobody.returncode == 1 and nobody.stderr.startswith("roamgate: no such user: nobody")
+    bare = run_cli("user", "set", "gina", *c)
+    assert bare.returncode == 2 and "--profile" in bare.stderr
+    assert len(bare.stderr.splitlines()) == 1
+    for r in (unknown, bad_add, nobody, bare):
+        _no_traceback(r)
+    events = [
+        json.loads(x) for x in run_cli("audit", "--json", "--since", "1h", *c).stdout.splitlines()
+    ]
+    sets = [(e["kind"], e["user"], e["detail"]) for e in events if e["kind"] == "user_set"]
+    assert sets == [
+        ("user_set", "gina", {"profile": "phs"}),
+        ("user_set", "gina", {"profile": "hotel"}),
+    ]
+    after = json.loads(run_cli("user", "list", "--json", *c).stdout)
+    assert [u["user"] for u in after] == ["gina"]  # hank was not added
+
+
 def test_a_failing_check_config_names_file_line_and_key(gateway_dir: Path) -> None:
     p = gateway_dir / "roamgate.yaml"
     p.write_text(p.read_text().replace("port: 2022", "port: abc"))

@@ -84,6 +84,16 @@ async def test_users(store: Store) -> None:
     assert await store.get_user("nobody") is None
 
 
+async def test_user_profile_can_be_changed(store: Store) -> None:
+    await store.add_user("frank", T0, profile="isdn")
+    assert await store.set_user_profile("frank", "phs", T0 + 5)
+    frank = await store.get_user("frank")
+    assert frank is not None and (frank.profile, frank.updated_at) == ("phs", T0 + 5)
+    assert [u.profile for u in await store.list_users() if u.name == "frank"] == ["phs"]
+    assert not await store.set_user_profile("nobody", "phs", T0)
+    assert await store.get_user("nobody") is None
+
+
 async def test_remove_user_cascades_but_keeps_audit(store: Store) -> None:
     u = await store.add_user("carol", T0)
     await store.add_token(_token("tok_c", u.id))
