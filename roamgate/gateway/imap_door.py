@@ -538,6 +538,8 @@ class _Connection:
             profile=self.door.profiles[choice.name],
             profile_name=choice.name,
         )
+        # Lean markers tell the user which login shows a message as stored.
+        relay.original_login = f"{user.name}{self.rt.config.imap_proxy.profile_separator}lan"
         # The relay starts at once; the bookkeeping below runs beside it, not in the client's way.
         relay_task = asyncio.create_task(relay.run(), name=f"imap-relay-{session_id}")
         reason = "closed"
@@ -594,6 +596,9 @@ class _Connection:
                     "bytes_in": relay.bytes_in,
                     "bytes_out": relay.bytes_out,
                     "duration_seconds": round(time.monotonic() - began, 3),
+                    "profile": choice.name,
+                    "lean_messages": relay.lean_messages,
+                    "lean_bytes_saved": relay.lean_bytes_saved,
                 },
             )
 

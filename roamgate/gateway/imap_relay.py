@@ -20,12 +20,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from roamgate.gateway.lean_fetch import LeanFetch
 from roamgate.gateway.streams import Reader, Writer
 from roamgate.gateway.upstream import READ_SIZE, UpstreamImap
 from roamgate.imap import capabilities
+from roamgate.imap.assemble import Assembler
 from roamgate.imap.command_parser import CommandParser
 from roamgate.imap.errors import ErrorKind
 from roamgate.imap.events import (
+    LIST_END,
     NEED_DATA,
     PAUSED,
     Atom,
@@ -45,7 +48,9 @@ from roamgate.imap.events import (
     Signal,
     Text,
 )
-from roamgate.imap.serialize import EventWriter, error_reply
+from roamgate.imap.fetch_plan import FetchPlan, plan_fetch
+from roamgate.imap.serialize import EventWriter, command_events, error_reply
+from roamgate.imap.values import Command
 from roamgate.profiles import BUILTIN_PROFILES, DEFAULT_PROFILE, LinkProfile
 
 log = logging.getLogger("roamgate.imap")
@@ -99,6 +104,7 @@ class ImapRelay:
         self._to_up = EventWriter()
         self._to_client = EventWriter()
         self._up_buf = bytearray()
+        self._line_mark = 0  # where the client's current command starts in _up_buf
         self._client_buf = bytearray()
         self._client_lock = asyncio.Lock()  # whole lines to the client from either pump
         # What the upstream owes: a continuation for a literal or IDLE, per client tag.
@@ -118,6 +124,17 @@ class ImapRelay:
         self._idle_since = clock()
         self._upstream_idle_tag: bytes = b""
         self._upstream_bye = False
+        # Lean renditions (slow profiles). An untagged FETCH response does not say which
+        # command it answers, and Dovecot answers pipelined FETCHes interleaved, so a FETCH
+        # with a lean plan runs alone: after every earlier command has completed, and before
+        # the client's next command is read. Every FETCH response meanwhile is its own.
+        self._plan: FetchPlan | None = None
+        self._progress = asyncio.Event()  # set when the upstream completes a command
+        self._lean: LeanFetch | None = None
+        # Named in every lean marker: the account that shows messages as stored (`bob#lan`).
+        self.original_login: str | None = None
+        self.lean_messages = 0
+        self.lean_bytes_saved = 0
 
     # -- running
     async def run(self) -> str:
@@ -172,6 +189,7 @@ class ImapRelay:
         local = False
         partial_sent = False
         literal_ok = False
+        collecting: list[Event] | None = None  # a FETCH line held until it can be planned
         while True:
             if self._idle_tag is not None:
                 timeout = self._idle_wait_left()
@@ -195,6 +213,24 @@ class ImapRelay:
                     self.cp.reject_literal()
                 continue
             assert not isinstance(event, Signal)
+            if collecting is not None:
+                if isinstance(event, LineEnd):
+                    collecting.append(event)
+                    await self._send_fetch(collecting)
+                    collecting = command = None
+                    if len(self._up_buf) >= _FLUSH_AT:
+                        await self._flush_up()
+                    continue
+                if isinstance(event, ProtocolError):
+                    collecting = None  # nothing of the line went upstream
+                elif isinstance(event, LiteralStart | RawLine | ConnectionClosed):
+                    # Not a plain FETCH line: relay it the usual way from here on.
+                    for held in collecting:
+                        self._write_up(held)
+                    collecting = None
+                else:
+                    collecting.append(event)
+                    continue
             match event:
                 case CommandStart():
                     command = event
@@ -202,6 +238,10 @@ class ImapRelay:
                     local = event.verb in _LOCAL_VERBS
                     if not local:
                         self._outstanding.add(event.tag)
+                        self._line_mark = len(self._up_buf)
+                        if self.profile.lean and event.verb in ("FETCH", "UID FETCH"):
+                            collecting = [event]
+                            continue
                         self._write_up(event)
                         if event.verb == "LOGOUT":
                             self._logout = True
@@ -239,6 +279,7 @@ class ImapRelay:
                         # Flushed when the client has nothing more for now (_client_event), so
                         # pipelined commands leave in one write.
                         self._write_up(event)
+                        self._line_mark = len(self._up_buf)  # a failed next line ends here
                         if len(self._up_buf) >= _FLUSH_AT:
                             await self._flush_up()
                     command = None
@@ -257,10 +298,37 @@ class ImapRelay:
     def _write_up(self, event: Event) -> None:
         self._up_buf += self._to_up.write(event)
 
+    async def _send_fetch(self, events: list[Event]) -> None:
+        """A whole FETCH line: as the client wrote it, or rewritten and run alone (see _plan)."""
+        assembler = Assembler(max_literal_total=0)
+        item = None
+        for event in events:
+            item = assembler.push(event)
+        plan = plan_fetch(item) if isinstance(item, Command) else None
+        if plan is None:
+            for event in events:
+                self._write_up(event)
+            self._line_mark = len(self._up_buf)
+            return
+        tag = plan.upstream.tag
+        await self._flush_up()
+        await self._wait_until(lambda: self._outstanding <= {tag})
+        self._plan = plan
+        for event in command_events(plan.upstream):
+            self._write_up(event)
+        await self._flush_up()
+        await self._wait_until(lambda: tag not in self._outstanding)
+
+    async def _wait_until(self, done: Callable[[], bool]) -> None:
+        while not done():
+            self._progress.clear()
+            await self._progress.wait()
+
     async def _flush_up(self) -> None:
         if self._up_buf:
             self.up.writer.write(bytes(self._up_buf))
             self._up_buf.clear()
+            self._line_mark = 0
             await self.up.writer.drain()
 
     async def _send_literal_header(
@@ -328,7 +396,8 @@ class ImapRelay:
             # Refused because the upstream refused it; its answer already went to the client.
             self._aborted.discard(tag)
             return
-        self._up_buf.clear()
+        # Only the failed command's own bytes go: pipelined commands before it still leave.
+        del self._up_buf[self._line_mark :]
         if error.fatal:
             await self._send_client(error_reply(error))
             raise RelayEnded("client_protocol_error")
@@ -370,6 +439,11 @@ class ImapRelay:
         done_tag: bytes | None = None
         while True:
             event = await self._upstream_event()
+            if self._lean is not None and not isinstance(
+                event, LineEnd | ProtocolError | ConnectionClosed
+            ):
+                await self._lean_event(self._lean, event)
+                continue
             match event:
                 case ResponseStart(kind=kind, tag=tag):
                     self._up_line_open = True
@@ -382,6 +456,13 @@ class ImapRelay:
                         done_tag = tag
                     elif event.verb == "CAPABILITY":
                         filtering = True
+                    elif event.verb == "FETCH" and self._plan is not None:
+                        self._lean = LeanFetch(
+                            self._plan,
+                            self.profile,
+                            profile_name=self.profile_name,
+                            original_login=self.original_login,
+                        )
                     elif event.verb == "BYE":
                         self._upstream_bye = True
                     if not drop:
@@ -398,6 +479,7 @@ class ImapRelay:
                     if not drop and capabilities.relayable(value.decode("ascii", "replace")):
                         self._write_client(event)
                 case LineEnd():
+                    self._end_lean()
                     if not drop:
                         self._write_client(event)
                     # Lines are batched until the upstream has nothing more for now (the
@@ -416,6 +498,7 @@ class ImapRelay:
                 case ProtocolError():
                     await self._upstream_error(event)
                 case ConnectionClosed():
+                    self._end_lean()
                     if self._logout:
                         raise RelayEnded("logout")
                     if not self._upstream_bye:
@@ -447,12 +530,15 @@ class ImapRelay:
         if self._await is not None and not self._await.done() and tag == self._await_tag:
             self._await.set_result(False)  # the upstream refused the literal or the IDLE
         client_tag = self._rename.pop(tag, tag)
+        if self._plan is not None and self._plan.upstream.tag == client_tag:
+            self._plan = None
         if client_tag != tag:
             return False, ResponseStart(event.kind, client_tag, event.number, event.name)
         return False, event
 
     def _completed(self, tag: bytes) -> None:
         self._outstanding.discard(self._rename.get(tag, tag))
+        self._progress.set()
 
     def _write_client(self, event: Event) -> None:
         self._client_buf += self._to_client.write(event)
@@ -475,8 +561,31 @@ class ImapRelay:
             self.bytes_out += len(data)
             await self.cw.drain()
 
+    async def _lean_event(self, lean: LeanFetch, event: Event) -> None:
+        for out in lean.push(event):
+            self._write_client(out)
+            if len(self._client_buf) >= _FLUSH_AT:
+                await self._flush_client()
+        if lean.closed and not lean.tail_written:
+            lean.tail_written = True
+            for out in lean.tail_events():
+                self._write_client(out)
+                if len(self._client_buf) >= _FLUSH_AT:
+                    await self._flush_client()
+            self._write_client(LIST_END)
+
+    def _end_lean(self) -> None:
+        lean, self._lean = self._lean, None
+        if lean is None:
+            return
+        lean.close()
+        if lean.report is not None:
+            self.lean_messages += 1
+            self.lean_bytes_saved += lean.report.input_bytes - lean.report.output_bytes
+
     async def _upstream_error(self, error: ProtocolError) -> None:
         log.warning("unparseable line from the upstream (%s)", error.kind.value)
+        self._end_lean()
         if self._up_line_open:
             self._up_line_open = False
             self._client_buf.clear()

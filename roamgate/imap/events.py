@@ -102,7 +102,11 @@ class Quoted:
 
 @dataclass(frozen=True, slots=True)
 class ListStart:
-    """`(`"""
+    """`(`; adjacent: it follows a `)` with no space, as the bodies of a multipart
+    BODYSTRUCTURE and the addresses of an ENVELOPE list do (`(...)(...)`), kept so the bytes
+    round-trip exactly."""
+
+    adjacent: bool = False
 
 
 @dataclass(frozen=True, slots=True)

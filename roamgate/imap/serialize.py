@@ -87,9 +87,9 @@ class EventWriter:
                 )
             case LiteralEnd():
                 return b""
-            case ListStart():
+            case ListStart(adjacent=adjacent):
                 self._space = False
-                return sp + b"("
+                return b"(" if adjacent else sp + b"("
             case ListEnd():
                 return b")"
             case SectionStart(name=name):

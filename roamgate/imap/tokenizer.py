@@ -20,6 +20,7 @@ from roamgate.imap.events import (
     Atom,
     CodeStart,
     Event,
+    ListStart,
     LiteralStart,
     Nil,
     Number,
@@ -201,6 +202,14 @@ class Tokenizer:
                     pos = self._close(seg, pos, out)
                     if pos < 0:
                         return None
+                    continue
+                elif c == _LPAREN and seg[pos - 1] == _RPAREN:
+                    # `)(`: body-type-mpart (RFC 3501 `1*body`) and address lists have no
+                    # space between the parenthesised items.
+                    self._open(_PAREN)
+                    append(ListStart(adjacent=True))
+                    pos += 1
+                    where = _AFTER_OPEN
                     continue
                 else:
                     raise _unexpected(c, after_token=True)

@@ -15,6 +15,7 @@ from roamgate.imap.events import (
     NIL,
     Atom,
     CodeStart,
+    ListStart,
     LiteralChunk,
     LiteralStart,
     Number,
@@ -27,6 +28,7 @@ from roamgate.imap.events import (
     Text,
 )
 from roamgate.imap.response_parser import ResponseParser
+from roamgate.imap.serialize import serialize_events
 from tests.imap.support import responses
 
 UNTAGGED = ResponseKind.UNTAGGED
@@ -241,3 +243,21 @@ def test_bad_fetch_line_still_counts_out_its_literal() -> None:
         untagged(b"EXISTS", 3),
         LINE_END,
     ]
+
+
+def test_multipart_bodystructure_lists_follow_each_other_without_a_space() -> None:
+    # Dovecot's answer for a text with a PDF attached: `1*body` has no SP between bodies.
+    line = (
+        b'* 23 FETCH (BODYSTRUCTURE (("text" "plain" ("charset" "utf-8") NIL NIL "7bit" 54 5'
+        b' NIL NIL NIL NIL)("application" "pdf" NIL NIL NIL "base64" 273686 NIL ("attachment"'
+        b' ("filename" "supply-agreement.pdf")) NIL NIL) "mixed" ("boundary" "=_k") NIL NIL NIL))'
+        b"\r\n"
+    )
+    events = responses(line)
+    assert not any(isinstance(e, ProtocolError) for e in events)
+    adjacent = [e for e in events if isinstance(e, ListStart) and e.adjacent]
+    assert len(adjacent) == 1
+    assert serialize_events(events) == line
+    # A list after a space stays a list after a space (ENVELOPE's address lists).
+    spaced = b'* 1 FETCH (ENVELOPE (NIL "s" (("a" NIL "b" "c")) (("d" NIL "e" "f")) NIL NIL NIL NIL NIL NIL))\r\n'
+    assert serialize_events(responses(spaced)) == spaced

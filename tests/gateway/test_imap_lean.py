@@ -1,0 +1,285 @@
+"""Lean renditions through the TLS door: imaplib against the gateway and against Dovecot itself.
+
+bob's sample mailbox holds a message with a 200 KB PDF, newsletters, Japanese mail and an
+S/MIME-signed notice. A login as `bob#phs` must get lean renditions whose sizes, headers, texts
+and ranges agree; a part by its number and a login as `bob#lan` must get the stored bytes.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import imaplib
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from email.message import Message
+from pathlib import Path
+
+import pytest
+
+from roamgate.demo.dovecot import PrivateDovecot
+from roamgate.demo.mailbox import smime_signer_certificate_pem
+from tests.gateway.conftest import PASSWORDS, Gateway, read_line, read_until_tagged
+
+pytestmark = pytest.mark.peer
+
+
+def payload(part: Message) -> bytes:
+    data = part.get_payload(decode=True)
+    assert isinstance(data, bytes)
+    return data
+
+
+@pytest.fixture
+def direct(dovecot: PrivateDovecot) -> Iterator[imaplib.IMAP4_SSL]:
+    """bob's mailbox straight from Dovecot: what is stored."""
+    with dovecot.imap("bob", PASSWORDS["bob"]) as client:
+        client.select("INBOX", readonly=True)
+        yield client
+
+
+def login(gateway: Gateway, name: str) -> imaplib.IMAP4_SSL:
+    client = gateway.imaps()
+    assert client.login(name, PASSWORDS["bob"] + gateway.code("bob"))[0] == "OK"
+    assert client.select("INBOX", readonly=True)[0] == "OK"
+    return client
+
+
+@pytest.fixture
+def phs(gateway: Gateway) -> Iterator[imaplib.IMAP4_SSL]:
+    client = login(gateway, "bob#phs")
+    yield client
+    client.logout()
+
+
+def uid_of(client: imaplib.IMAP4, subject: str) -> str:
+    typ, data = client.uid("SEARCH", "SUBJECT", f'"{subject}"')
+    assert typ == "OK"
+    uids = (data[0] or b"").split()
+    assert len(uids) == 1, (subject, uids)
+    return str(uids[0].decode())
+
+
+def fetch(client: imaplib.IMAP4, uid: str, items: str) -> dict[bytes, bytes]:
+    """UID FETCH; every item's value by name (literals and atoms alike)."""
+    typ, data = client.uid("FETCH", uid, items)
+    assert typ == "OK", data
+    values: dict[bytes, bytes] = {}
+    text = b""
+    for entry in data:
+        if isinstance(entry, tuple):
+            head, literal = entry
+            text += head
+            name = re.search(rb"([A-Z0-9.]+(?:\[[^\]]*\](?:<\d+>)?)?) \{\d+\}$", head)
+            assert name is not None, head
+            values[name.group(1)] = literal
+        elif entry is not None and entry != b")":
+            text += entry
+    for m in re.finditer(rb"(RFC822\.SIZE|UID) (\d+)", text):
+        values[m.group(1)] = m.group(2)
+    flags = re.search(rb"FLAGS \(([^)]*)\)", text)
+    if flags:
+        values[b"FLAGS"] = flags.group(1)
+    return values
+
+
+def test_whole_message_is_lean_and_its_size_agrees(
+    phs: imaplib.IMAP4_SSL, direct: imaplib.IMAP4_SSL
+) -> None:
+    uid = uid_of(phs, "Signed supply agreement")
+    lean = fetch(phs, uid, "(RFC822.SIZE BODY.PEEK[])")
+    stored = fetch(direct, uid_of(direct, "Signed supply agreement"), "(RFC822.SIZE BODY.PEEK[])")
+    assert int(lean[b"RFC822.SIZE"]) == len(lean[b"BODY[]"])
+    assert len(lean[b"BODY[]"]) * 50 < len(stored[b"BODY[]"])
+    msg = email.message_from_bytes(lean[b"BODY[]"], policy=email.policy.compat32)
+    assert not msg.defects
+    leaves = [p for p in msg.walk() if not p.is_multipart()]
+    assert "Please find the files attached." in payload(leaves[0]).decode()
+    stub = payload(leaves[1]).decode()
+    assert '"supply-agreement.pdf"' in stub and "BODY[2]" in stub and "bob#lan" in stub
+    # RFC822 (not peek) in the same session agrees with BODY.PEEK[] byte for byte.
+    again = fetch(phs, uid, "(RFC822.SIZE)")
+    assert again[b"RFC822.SIZE"] == lean[b"RFC822.SIZE"]
+
+
+def test_a_part_by_its_number_is_the_real_part(
+    phs: imaplib.IMAP4_SSL, direct: imaplib.IMAP4_SSL
+) -> None:
+    uid = uid_of(phs, "Signed supply agreement")
+    through = fetch(phs, uid, "(BODY.PEEK[2] BODYSTRUCTURE)")
+    stored = fetch(direct, uid_of(direct, "Signed supply agreement"), "(BODY.PEEK[2])")
+    assert through[b"BODY[2]"] == stored[b"BODY[2]"]
+    assert len(stored[b"BODY[2]"]) > 200_000
+
+
+def test_ranges_headers_and_texts_are_slices_of_the_same_rendition(
+    phs: imaplib.IMAP4_SSL,
+) -> None:
+    uid = uid_of(phs, "Signed supply agreement")
+    whole = fetch(phs, uid, "(BODY.PEEK[])")[b"BODY[]"]
+    header_len = whole.index(b"\r\n\r\n") + 4
+    parts = fetch(
+        phs,
+        uid,
+        "(BODY.PEEK[]<0.100> BODY.PEEK[HEADER] RFC822.HEADER BODY.PEEK[TEXT] BODY.PEEK[TEXT]<10.20>)",
+    )
+    assert parts[b"BODY[]<0>"] == whole[:100]
+    assert parts[b"BODY[HEADER]"] == whole[:header_len]
+    assert parts[b"RFC822.HEADER"] == whole[:header_len]
+    assert parts[b"BODY[TEXT]"] == whole[header_len:]
+    assert parts[b"BODY[TEXT]<10>"] == whole[header_len + 10 : header_len + 30]
+    tail = fetch(phs, uid, f"(BODY.PEEK[]<{len(whole) - 5}.100>)")
+    assert tail[b"BODY[]<" + str(len(whole) - 5).encode() + b">"] == whole[-5:]
+
+
+def test_the_lan_login_gets_every_message_as_stored(
+    gateway: Gateway, direct: imaplib.IMAP4_SSL
+) -> None:
+    client = login(gateway, "bob#lan")
+    try:
+        for subject in ("Signed supply agreement", "Security notice"):
+            through = fetch(client, uid_of(client, subject), "(RFC822.SIZE BODY.PEEK[])")
+            stored = fetch(direct, uid_of(direct, subject), "(RFC822.SIZE BODY.PEEK[])")
+            assert through == stored
+    finally:
+        client.logout()
+
+
+def test_signed_mail_passes_byte_for_byte_and_its_signature_verifies(
+    phs: imaplib.IMAP4_SSL, direct: imaplib.IMAP4_SSL, tmp_path: Path
+) -> None:
+    through = fetch(phs, uid_of(phs, "Security notice"), "(BODY.PEEK[])")[b"BODY[]"]
+    stored = fetch(direct, uid_of(direct, "Security notice"), "(BODY.PEEK[])")[b"BODY[]"]
+    assert through == stored
+    openssl = shutil.which("openssl")
+    assert openssl is not None
+    (tmp_path / "m.eml").write_bytes(through)
+    (tmp_path / "ca.pem").write_bytes(smime_signer_certificate_pem())
+    check = subprocess.run(
+        [openssl, "smime", "-verify", "-in", str(tmp_path / "m.eml"), "-CAfile",
+         str(tmp_path / "ca.pem"), "-out", str(tmp_path / "out.txt")],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert check.returncode == 0 and "Verification successful" in check.stderr, check.stderr
+
+
+def test_reader_headers_leave_out_trace_fields_on_phs_only(
+    phs: imaplib.IMAP4_SSL, direct: imaplib.IMAP4_SSL
+) -> None:
+    uid = uid_of(phs, "Signed supply agreement")
+    lean = fetch(phs, uid, "(BODY.PEEK[HEADER])")[b"BODY[HEADER]"]
+    stored = fetch(direct, uid, "(BODY.PEEK[HEADER])")[b"BODY[HEADER]"]
+    names = {line.split(b":")[0].lower() for line in lean.split(b"\r\n") if b":" in line}
+    assert {b"from", b"to", b"subject", b"date", b"message-id"} <= names
+    assert all(not n.startswith(b"x-") and n != b"received" for n in names)
+    assert len(lean) <= len(stored)
+
+
+def test_seen_is_set_by_rfc822_and_not_by_peek(gateway: Gateway) -> None:
+    client = login(gateway, "bob#phs")
+    try:
+        client.select("INBOX")  # read-write for this test
+        uid = uid_of(client, "Q1 sales by region")
+        client.uid("STORE", uid, "-FLAGS", r"(\Seen)")
+        assert b"\\Seen" not in fetch(client, uid, "(FLAGS BODY.PEEK[])").get(b"FLAGS", b"")
+        assert b"\\Seen" not in fetch(client, uid, "(FLAGS)")[b"FLAGS"]
+        fetch(client, uid, "(RFC822)")
+        assert b"\\Seen" in fetch(client, uid, "(FLAGS)")[b"FLAGS"]
+        client.uid("STORE", uid, "-FLAGS", r"(\Seen)")
+    finally:
+        client.logout()
+
+
+def test_pipelined_fetches_each_get_their_own_answers(gateway: Gateway) -> None:
+    sock = gateway.raw()
+    try:
+        code = gateway.code("bob")
+        password = PASSWORDS["bob"] + code
+        sock.sendall(b'a1 LOGIN "bob#phs" "' + password.encode() + b'"\r\n')
+        assert read_until_tagged(sock, b"a1")[-1].startswith(b"a1 OK")
+        sock.sendall(
+            b"a2 EXAMINE INBOX\r\n"
+            b"a3 FETCH 1:3 (FLAGS RFC822.SIZE)\r\n"
+            b"a4 FETCH 2 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n"
+            b"a5 FETCH 1 (RFC822.SIZE BODY.PEEK[])\r\n"
+            b"a6 NOOP\r\n"
+        )
+        lines: list[bytes] = []
+        while not lines or not lines[-1].startswith(b"a6 "):
+            line = read_line(sock)
+            assert line, lines
+            literal = re.search(rb"\{(\d+)\}\r\n$", line)
+            if literal:
+                body = b""
+                while len(body) < int(literal.group(1)):
+                    body += sock.recv(int(literal.group(1)) - len(body))
+                line += body
+            lines.append(line)
+        text = b"".join(lines)
+        for tag in (b"a2", b"a3", b"a4", b"a5", b"a6"):
+            assert re.search(rb"(?m)^" + tag + rb" OK", text), (tag, text[-500:])
+        sizes = re.findall(rb"\* (\d+) FETCH \(FLAGS \([^)]*\) RFC822\.SIZE (\d+)\)", text)
+        assert [n for n, _ in sizes] == [b"1", b"2", b"3"]
+        one = re.search(rb"\* 1 FETCH \(RFC822\.SIZE (\d+) BODY\[\] \{(\d+)\}", text)
+        assert one is not None and one.group(1) == one.group(2) == sizes[0][1]
+        assert b"SUBJECT" in text.upper()
+    finally:
+        sock.close()
+
+
+def test_a_bad_command_after_a_good_one_in_the_same_packet_drops_only_itself(
+    gateway: Gateway,
+) -> None:
+    sock = gateway.raw()
+    try:
+        password = PASSWORDS["bob"] + gateway.code("bob")
+        sock.sendall(b'a1 LOGIN "bob#phs" "' + password.encode() + b'"\r\n')
+        assert read_until_tagged(sock, b"a1")[-1].startswith(b"a1 OK")
+        sock.sendall(b"a2 NOOP\r\na3 FETCH 1 (BODY[\r\na4 NOOP\r\n")
+        lines = read_until_tagged(sock, b"a4")
+        text = b"".join(lines)
+        assert re.search(rb"(?m)^a2 OK", text), text
+        assert re.search(rb"(?m)^a3 BAD", text), text
+        assert lines[-1].startswith(b"a4 OK")
+    finally:
+        sock.close()
+
+
+def test_pda_gets_japanese_mail_in_utf8(gateway: Gateway, direct: imaplib.IMAP4_SSL) -> None:
+    client = login(gateway, "bob#pda")
+    try:
+        typ, data = client.uid("SEARCH", "HEADER", "Content-Type", "ISO-2022-JP")
+        assert typ == "OK"
+        uid = (data[0] or b"").split()[0].decode()
+        lean = fetch(client, uid, "(BODY.PEEK[])")[b"BODY[]"]
+        stored = fetch(direct, uid, "(BODY.PEEK[])")[b"BODY[]"]
+        msg = email.message_from_bytes(lean, policy=email.policy.default)
+        original = email.message_from_bytes(stored, policy=email.policy.default)
+        assert msg.get_content_charset() == "utf-8"
+        assert msg.get_content().replace("\r\n", "\n") == original.get_content().replace(
+            "\r\n", "\n"
+        )
+        assert str(msg["Subject"]) == str(original["Subject"])
+    finally:
+        client.logout()
+
+
+def test_session_close_counts_the_lean_renditions(gateway: Gateway) -> None:
+    client = login(gateway, "bob#phs")
+    uid = uid_of(client, "Signed supply agreement")
+    fetch(client, uid, "(BODY.PEEK[])")
+    before = len([e for e in gateway.audit() if e["kind"] == "session_close"])
+    client.logout()
+    deadline = time.monotonic() + 10
+    while True:
+        closes = [e for e in gateway.audit() if e["kind"] == "session_close"]
+        if len(closes) > before or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert len(closes) > before, "session_close is written when the relay ends"
+    detail = closes[-1]["detail"]
+    assert isinstance(detail, dict)
+    assert detail["lean_messages"] >= 1 and detail["lean_bytes_saved"] > 200_000
