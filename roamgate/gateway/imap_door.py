@@ -445,7 +445,7 @@ class _Connection:
             )
             return None
         self.login_profile = login.profile
-        caps = capabilities.filter_upstream(upstream.capabilities)
+        caps = capabilities.postlogin(upstream.capabilities)
         await self._perform(
             self.session.login_result(action.tag, ok=True, temporary=False, caps=caps)
         )

@@ -20,12 +20,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from roamgate.gateway.compress import DeflateWriter, InflateReader
 from roamgate.gateway.lean_fetch import LeanFetch
 from roamgate.gateway.streams import Reader, Writer
 from roamgate.gateway.upstream import READ_SIZE, UpstreamImap
 from roamgate.imap import capabilities
 from roamgate.imap.assemble import Assembler
 from roamgate.imap.command_parser import CommandParser
+from roamgate.imap.deflate import InflateError, looks_compressed
 from roamgate.imap.errors import ErrorKind
 from roamgate.imap.events import (
     LIST_END,
@@ -58,6 +60,8 @@ log = logging.getLogger("roamgate.imap")
 # Commands the proxy answers itself after login instead of passing them on.
 _LOCAL_VERBS = frozenset({"STARTTLS", "LOGIN", "AUTHENTICATE", "COMPRESS"})
 _FLUSH_AT = 64 * 1024
+# Literal chunks at least this long that look compressed take the cheap DEFLATE path.
+_LOW_EFFORT_MIN = 1024
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,8 @@ class ImapRelay:
         self.profile_name = profile_name
         self.bytes_in = 0
         self.bytes_out = 0
+        # COMPRESS=DEFLATE toward the client (RFC 4978), once the client asked for it.
+        self._deflate: DeflateWriter | None = None
         self._to_up = EventWriter()
         self._to_client = EventWriter()
         self._up_buf = bytearray()
@@ -173,8 +179,14 @@ class ImapRelay:
             event = self.cp.next_event()
             if event is NEED_DATA:
                 await self._flush_up()
-                data = await asyncio.wait_for(self.cr.read(READ_SIZE), wait)
-                self.bytes_in += len(data)
+                try:
+                    data = await asyncio.wait_for(self.cr.read(READ_SIZE), wait)
+                except InflateError as exc:
+                    log.info("invalid compressed data from the client: %s", exc)
+                    await self._bye(b"Invalid compressed data.")
+                    raise RelayEnded("client_protocol_error") from None
+                if self._deflate is None:  # while compressed, the reader counts wire bytes
+                    self.bytes_in += len(data)
                 self.cp.receive_data(data)
                 continue
             return event
@@ -187,6 +199,7 @@ class ImapRelay:
     async def _client_pump(self) -> None:
         command: CommandStart | None = None
         local = False
+        local_args: list[Event] = []  # the arguments of a command the proxy answers itself
         partial_sent = False
         literal_ok = False
         collecting: list[Event] | None = None  # a FETCH line held until it can be planned
@@ -236,6 +249,7 @@ class ImapRelay:
                     command = event
                     partial_sent = False
                     local = event.verb in _LOCAL_VERBS
+                    local_args = []
                     if not local:
                         self._outstanding.add(event.tag)
                         self._line_mark = len(self._up_buf)
@@ -268,7 +282,9 @@ class ImapRelay:
                 case LineEnd():
                     assert command is not None
                     tag = command.tag
-                    if local:
+                    if local and command.verb == "COMPRESS":
+                        await self._compress(tag, local_args)
+                    elif local:
                         await self._send_client(tag + b" BAD Not available in this state.\r\n")
                     elif tag in self._aborted:
                         # The upstream refused a literal and has answered; drop the rest.
@@ -294,6 +310,8 @@ class ImapRelay:
                 case _:
                     if command is not None and not local and command.tag not in self._aborted:
                         self._write_up(event)
+                    elif local:
+                        local_args.append(event)
 
     def _write_up(self, event: Event) -> None:
         self._up_buf += self._to_up.write(event)
@@ -472,6 +490,8 @@ class ImapRelay:
                     if not drop:
                         self._write_client(event)
                 case CodeEnd():
+                    if filtering and not drop:
+                        self._write_own_capabilities()
                     filtering = False
                     if not drop:
                         self._write_client(event)
@@ -480,6 +500,8 @@ class ImapRelay:
                         self._write_client(event)
                 case LineEnd():
                     self._end_lean()
+                    if filtering and not drop:
+                        self._write_own_capabilities()
                     if not drop:
                         self._write_client(event)
                     # Lines are batched until the upstream has nothing more for now (the
@@ -492,9 +514,7 @@ class ImapRelay:
                         self._completed(done_tag)
                 case LiteralChunk(data=data):
                     if not drop:
-                        self._client_buf += data
-                        if len(self._client_buf) >= _FLUSH_AT:
-                            await self._flush_client()
+                        await self._literal_to_client(data)
                 case ProtocolError():
                     await self._upstream_error(event)
                 case ConnectionClosed():
@@ -547,8 +567,7 @@ class ImapRelay:
         if self._client_buf:
             data = bytes(self._client_buf)
             self._client_buf.clear()
-            self.cw.write(data)
-            self.bytes_out += len(data)
+            self._to_wire(data)
             self._last_client_write = self.clock()
             await self.cw.drain()
 
@@ -557,9 +576,63 @@ class ImapRelay:
         async with self._client_lock:
             # Relayed lines still batched go first, so the client sees the upstream's order.
             await self._flush_client()
-            self.cw.write(data)
-            self.bytes_out += len(data)
+            self._to_wire(data)
             await self.cw.drain()
+
+    def _to_wire(self, data: bytes) -> None:
+        """Bytes for the client; bytes_out counts what goes on the wire (compressed, if so)."""
+        self.cw.write(data)
+        if self._deflate is None:  # else the DeflateWriter counts (_count_out)
+            self.bytes_out += len(data)
+
+    def _count_out(self, n: int) -> None:
+        self.bytes_out += n
+
+    def _count_in(self, n: int) -> None:
+        self.bytes_in += n
+
+    async def _literal_to_client(self, data: bytes) -> None:
+        """Literal bytes for the client; compressed ones (JPEG, ZIP, ...) cost little CPU."""
+        deflate = self._deflate
+        if deflate is not None and len(data) >= _LOW_EFFORT_MIN and looks_compressed(data):
+            await self._flush_client()  # what came before goes through the normal stream
+            deflate.write(data, incompressible=True)
+            self._last_client_write = self.clock()
+            await deflate.drain()
+            return
+        self._client_buf += data
+        if len(self._client_buf) >= _FLUSH_AT:
+            await self._flush_client()
+
+    def _write_own_capabilities(self) -> None:
+        """The proxy's own post-login extensions, at the end of a relayed CAPABILITY list."""
+        for name in capabilities.PROXY_POSTLOGIN:
+            self._write_client(Atom(name.encode("ascii")))
+
+    # -- COMPRESS=DEFLATE (RFC 4978) toward the client
+    async def _compress(self, tag: bytes, args: list[Event]) -> None:
+        if self._deflate is not None:
+            await self._send_client(tag + b" NO [COMPRESSIONACTIVE] DEFLATE is active already.\r\n")
+            return
+        if len(args) != 1 or not isinstance(args[0], Atom) or args[0].value.upper() != b"DEFLATE":
+            await self._send_client(tag + b" BAD Only COMPRESS DEFLATE is supported.\r\n")
+            return
+        if self.cp.buffered:
+            # The client compresses from our OK on: bytes it sent before seeing the OK cannot be
+            # told apart from compressed ones (RFC 4978 forbids pipelining after COMPRESS).
+            log.info("client sent %d bytes after COMPRESS before its answer", self.cp.buffered)
+            await self._bye(b"Commands after COMPRESS before its answer.")
+            raise RelayEnded("client_protocol_error")
+        async with self._client_lock:
+            await self._flush_client()  # responses owed so far go uncompressed, before the OK
+            self._to_wire(tag + b" OK DEFLATE active\r\n")
+            await self.cw.drain()
+            # From the CRLF of that OK on, both directions are compressed (RFC 4978 section 3).
+            level = self.profile.compression_level
+            self._deflate = DeflateWriter(self.cw, level, on_wire=self._count_out)
+            self.cw = self._deflate
+            self.cr = InflateReader(self.cr, max_output=READ_SIZE, on_wire=self._count_in)
+        log.debug("COMPRESS=DEFLATE active at level %d", level)
 
     async def _lean_event(self, lean: LeanFetch, event: Event) -> None:
         for out in lean.push(event):

@@ -3,7 +3,8 @@
 After login the client sees the upstream's capabilities, but only those the proxy can relay
 faithfully. A capability that changes the byte stream (COMPRESS), the login (AUTH=, STARTTLS,
 LOGINDISABLED) or lets the server talk out of turn in ways the relay does not follow (NOTIFY)
-is withheld until the proxy implements it; anything unknown is withheld by default.
+is withheld until the proxy implements it; anything unknown is withheld by default. The proxy
+adds what it implements itself toward the client (COMPRESS=DEFLATE), whatever the upstream has.
 """
 
 from __future__ import annotations
@@ -73,6 +74,15 @@ def relayable(capability: str) -> bool:
 def filter_upstream(capabilities: list[str]) -> list[str]:
     """The upstream's post-login capabilities the proxy may pass on, in the upstream's order."""
     return [c for c in capabilities if relayable(c)]
+
+
+# Extensions the proxy itself implements toward the client after login (never the upstream's).
+PROXY_POSTLOGIN = ("COMPRESS=DEFLATE",)
+
+
+def postlogin(upstream: list[str]) -> list[str]:
+    """What a logged-in client is told: the relayable upstream capabilities, then the proxy's."""
+    return filter_upstream(upstream) + list(PROXY_POSTLOGIN)
 
 
 def prelogin(*, tls_active: bool) -> list[str]:
