@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from roamgate.config import Listener
 from roamgate.gateway.imap_relay import ImapRelay, RelaySettings
+from roamgate.gateway.lean_cache import LeanCache
 from roamgate.gateway.limits import ConnectionLimiter
 from roamgate.gateway.serve import DOORS, Door
 from roamgate.gateway.streams import Reader, Writer
@@ -167,6 +168,8 @@ class ImapDoor:
             float(self.settings.upstream_spare_seconds),
         )
         self._server: asyncio.Server | None = None
+        # Lean renditions by user and message, shared by the door's sessions (bounded).
+        self.lean_cache = LeanCache()
         self._connections: set[asyncio.Task[None]] = set()
         self._closing = False
 
@@ -397,6 +400,7 @@ class _Connection:
         return pairs
 
     async def _login(self, action: CheckLogin) -> tuple[UpstreamImap, UserRecord, str] | None:
+        began = time.monotonic()
         cfg = self.rt.config
         proxy = cfg.imap_proxy
         device = self._device()
@@ -438,8 +442,13 @@ class _Connection:
         finally:
             await session_verifier.discard()
         if not result.ok or upstream is None or result.user is None:
-            if not result.temporary and proxy.failure_delay_ms:
-                await asyncio.sleep(proxy.failure_delay_ms / 1000)
+            if not result.temporary:
+                # Every failure is answered failure_delay_ms after the attempt began, however
+                # long the checks took (an upstream's own failure delay, say), so the time does
+                # not tell which factor failed. The delay should exceed the upstream's check time.
+                left = began + proxy.failure_delay_ms / 1000 - time.monotonic()
+                if left > 0:
+                    await asyncio.sleep(left)
             await self._perform(
                 self.session.login_result(action.tag, ok=False, temporary=result.temporary)
             )
@@ -540,6 +549,7 @@ class _Connection:
         )
         # Lean markers tell the user which login shows a message as stored.
         relay.original_login = f"{user.name}{self.rt.config.imap_proxy.profile_separator}lan"
+        relay.cache, relay.user_name = self.door.lean_cache, user.name
         # The relay starts at once; the bookkeeping below runs beside it, not in the client's way.
         relay_task = asyncio.create_task(relay.run(), name=f"imap-relay-{session_id}")
         reason = "closed"
@@ -599,6 +609,8 @@ class _Connection:
                     "profile": choice.name,
                     "lean_messages": relay.lean_messages,
                     "lean_bytes_saved": relay.lean_bytes_saved,
+                    "prefetched": relay.prefetched,
+                    "cache_hits": relay.cache_hits,
                 },
             )
 

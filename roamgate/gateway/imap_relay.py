@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from roamgate.gateway.compress import DeflateWriter, InflateReader
+from roamgate.gateway.lean_cache import MAX_ITEM, CacheKey, LeanCache
 from roamgate.gateway.lean_fetch import LeanFetch
 from roamgate.gateway.streams import Reader, Writer
 from roamgate.gateway.upstream import READ_SIZE, UpstreamImap
@@ -30,7 +31,6 @@ from roamgate.imap.command_parser import CommandParser
 from roamgate.imap.deflate import InflateError, looks_compressed
 from roamgate.imap.errors import ErrorKind
 from roamgate.imap.events import (
-    LIST_END,
     NEED_DATA,
     PAUSED,
     Atom,
@@ -43,6 +43,7 @@ from roamgate.imap.events import (
     LiteralChunk,
     LiteralEnd,
     LiteralStart,
+    Number,
     ProtocolError,
     RawLine,
     ResponseKind,
@@ -51,8 +52,9 @@ from roamgate.imap.events import (
     Text,
 )
 from roamgate.imap.fetch_plan import FetchPlan, plan_fetch
+from roamgate.imap.sequence_set import parse_sequence_set
 from roamgate.imap.serialize import EventWriter, command_events, error_reply
-from roamgate.imap.values import Command
+from roamgate.imap.values import Command, astring
 from roamgate.profiles import BUILTIN_PROFILES, DEFAULT_PROFILE, LinkProfile
 
 log = logging.getLogger("roamgate.imap")
@@ -60,6 +62,10 @@ log = logging.getLogger("roamgate.imap")
 # Commands the proxy answers itself after login instead of passing them on.
 _LOCAL_VERBS = frozenset({"STARTTLS", "LOGIN", "AUTHENTICATE", "COMPRESS"})
 _FLUSH_AT = 64 * 1024
+# On lean profiles these lines are read whole before they go upstream: a FETCH may be rewritten,
+# and a SELECT names the mailbox whose renditions the cache keeps.
+_COLLECTED_VERBS = frozenset({"FETCH", "UID FETCH", "SELECT", "EXAMINE"})
+_PREFETCH_MAX = 5000
 # Literal chunks at least this long that look compressed take the cheap DEFLATE path.
 _LOW_EFFORT_MIN = 1024
 
@@ -141,6 +147,26 @@ class ImapRelay:
         self.original_login: str | None = None
         self.lean_messages = 0
         self.lean_bytes_saved = 0
+        # The selected mailbox as the upstream reported it, for the rendition cache: its name,
+        # UIDVALIDITY and the UID of each sequence number as far as FETCH answers told it.
+        self.cache: LeanCache | None = None  # the door's, set with user_name
+        self.user_name = ""
+        self.cache_hits = 0
+        self.prefetched = 0
+        self._mailbox: str | None = None
+        self._uidvalidity: int | None = None
+        self._uids: list[int | None] = []
+        self._selecting: tuple[bytes, str] | None = None  # (client tag, mailbox) under way
+        self._select_uidvalidity: int | None = None
+        self._select_exists = 0
+        self._code: bytes | None = None  # the response code being read (`[UIDVALIDITY`)
+        self._plan_cached: dict[int, bytes] = {}
+        # Headers first: after a SELECT the newest messages' renditions are made for the cache
+        # while the slow client is still reading the SELECT's answer.
+        self._prefetch_due = False
+        self._prefetch_tag: bytes | None = None
+        self._wake = asyncio.Event()  # wakes the client pump for a prefetch
+        self._read_task: asyncio.Future[bytes] | None = None
 
     # -- running
     async def run(self) -> str:
@@ -165,6 +191,9 @@ class ImapRelay:
         finally:
             for task in tasks:
                 task.cancel()
+            if self._read_task is not None:
+                self._read_task.cancel()
+                tasks.append(self._read_task)  # type: ignore[arg-type]
             await asyncio.gather(*tasks, return_exceptions=True)
         return reason
 
@@ -173,14 +202,22 @@ class ImapRelay:
         await self._bye(text)
 
     # -- client -> upstream
-    async def _client_event(self, wait: float | None) -> Event | Signal:
-        """The next client event, or PAUSED when a synchronising literal awaits our decision."""
+    async def _client_event(self, wait: float | None, *, between: bool = False) -> Event | Signal:
+        """The next client event, or PAUSED when a synchronising literal awaits our decision.
+
+        between: the client is between commands, so the proxy may use the upstream (prefetch).
+        """
         while True:
             event = self.cp.next_event()
             if event is NEED_DATA:
                 await self._flush_up()
+                self._wake.clear()
+                if between and self._prefetch_due and self._idle_tag is None:
+                    await self._prefetch()
                 try:
-                    data = await asyncio.wait_for(self.cr.read(READ_SIZE), wait)
+                    data = await self._read_client(wait)
+                    if data is None:
+                        continue  # woken for proxy work
                 except InflateError as exc:
                     log.info("invalid compressed data from the client: %s", exc)
                     await self._bye(b"Invalid compressed data.")
@@ -190,6 +227,29 @@ class ImapRelay:
                 self.cp.receive_data(data)
                 continue
             return event
+
+    async def _read_client(self, wait: float | None) -> bytes | None:
+        """Bytes from the client, or None when woken for proxy work first.
+
+        The read is never cancelled by a time-out or a wake-up (a cancelled read of the
+        compressed stream could lose bytes); the same read is awaited again next time.
+        """
+        if self._read_task is None:
+            self._read_task = asyncio.ensure_future(self.cr.read(READ_SIZE))
+        waker: asyncio.Future[object] = asyncio.ensure_future(self._wake.wait())
+        reading: asyncio.Future[object] = self._read_task  # type: ignore[assignment]
+        try:
+            done, _ = await asyncio.wait(
+                {reading, waker}, timeout=wait, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            waker.cancel()
+        if reading in done:
+            task, self._read_task = self._read_task, None
+            return task.result()
+        if not done:
+            raise TimeoutError
+        return None
 
     def _client_silent_too_long(self) -> bool:
         """Autologout only when nothing is owed either way (a slow FETCH is not idleness)."""
@@ -209,7 +269,9 @@ class ImapRelay:
             else:
                 timeout = self.settings.idle_timeout
             try:
-                event = await self._client_event(timeout)
+                event = await self._client_event(
+                    timeout, between=command is None and collecting is None
+                )
             except TimeoutError:
                 if self._idle_tag is not None:
                     await self._renew_idle()
@@ -229,7 +291,7 @@ class ImapRelay:
             if collecting is not None:
                 if isinstance(event, LineEnd):
                     collecting.append(event)
-                    await self._send_fetch(collecting)
+                    await self._send_collected(collecting)
                     collecting = command = None
                     if len(self._up_buf) >= _FLUSH_AT:
                         await self._flush_up()
@@ -253,7 +315,9 @@ class ImapRelay:
                     if not local:
                         self._outstanding.add(event.tag)
                         self._line_mark = len(self._up_buf)
-                        if self.profile.lean and event.verb in ("FETCH", "UID FETCH"):
+                        if event.verb in ("CLOSE", "UNSELECT"):
+                            self._forget_mailbox()
+                        if self.profile.lean and event.verb in _COLLECTED_VERBS:
                             collecting = [event]
                             continue
                         self._write_up(event)
@@ -316,13 +380,23 @@ class ImapRelay:
     def _write_up(self, event: Event) -> None:
         self._up_buf += self._to_up.write(event)
 
-    async def _send_fetch(self, events: list[Event]) -> None:
-        """A whole FETCH line: as the client wrote it, or rewritten and run alone (see _plan)."""
+    async def _send_collected(self, events: list[Event]) -> None:
+        """A whole FETCH or SELECT line: as the client wrote it, or a FETCH rewritten and run
+        alone (see _plan), from the cache when every rendition it needs is there."""
         assembler = Assembler(max_literal_total=0)
         item = None
         for event in events:
             item = assembler.push(event)
-        plan = plan_fetch(item) if isinstance(item, Command) else None
+        plan = None
+        if isinstance(item, Command):
+            if item.verb in ("SELECT", "EXAMINE"):
+                self._forget_mailbox()
+                name = astring(item.args[0]) if item.args else None
+                if name is not None:
+                    self._selecting = (item.tag, name.decode("utf-8", "replace"))
+                    self._select_uidvalidity, self._select_exists = None, 0
+            else:
+                plan = plan_fetch(item)
         if plan is None:
             for event in events:
                 self._write_up(event)
@@ -331,11 +405,98 @@ class ImapRelay:
         tag = plan.upstream.tag
         await self._flush_up()
         await self._wait_until(lambda: self._outstanding <= {tag})
-        self._plan = plan
-        for event in command_events(plan.upstream):
+        cached = self._cached_renditions(plan)
+        self._plan, self._plan_cached = plan, cached or {}
+        for event in command_events(plan.from_cache if cached else plan.upstream):
             self._write_up(event)
         await self._flush_up()
         await self._wait_until(lambda: tag not in self._outstanding)
+
+    # -- the rendition cache and the selected mailbox
+    def _key(self, uid: int) -> CacheKey:
+        assert self._mailbox is not None and self._uidvalidity is not None
+        return (self.user_name, self.profile_name, self._mailbox, self._uidvalidity, uid)
+
+    def _forget_mailbox(self) -> None:
+        self._mailbox, self._uidvalidity, self._uids = None, None, []
+        self._selecting = None
+
+    def _cached_renditions(self, plan: FetchPlan) -> dict[int, bytes] | None:
+        """Every rendition the plan needs, by UID, if the cache has them all (else None)."""
+        if self.cache is None or self._mailbox is None or self._uidvalidity is None:
+            return None
+        wanted = parse_sequence_set(plan.message_set)
+        if wanted is None or not self._uids or any(u is None for u in self._uids):
+            return None
+        known = [u for u in self._uids if u is not None]
+        if plan.uid_command:
+            resolved = wanted.resolve(max(known))
+            uids = [u for u in known if u in resolved]
+        else:
+            seqs = wanted.members(len(known), _PREFETCH_MAX)
+            if seqs is None:
+                return None
+            uids = [known[n - 1] for n in seqs]
+        found: dict[int, bytes] = {}
+        for uid in uids:
+            data = self.cache.get(self._key(uid))
+            if data is None:
+                return None
+            found[uid] = data
+        return found or None
+
+    def _observe(self, event: Event) -> None:
+        """Follow the selected mailbox in what the upstream says (EXISTS, EXPUNGE, UIDVALIDITY)."""
+        if isinstance(event, ResponseStart):
+            self._code = None
+            if event.kind is ResponseKind.UNTAGGED and event.number is not None:
+                verb = event.verb
+                if verb == "EXISTS":
+                    if self._selecting is not None:
+                        self._select_exists = event.number
+                    elif self._mailbox is not None and event.number >= len(self._uids):
+                        self._uids.extend([None] * (event.number - len(self._uids)))
+                elif verb == "EXPUNGE" and 1 <= event.number <= len(self._uids):
+                    uid = self._uids.pop(event.number - 1)
+                    if uid is not None and self.cache is not None and self._mailbox is not None:
+                        self.cache.drop(self._key(uid))
+        elif isinstance(event, CodeStart):
+            self._code = event.name.upper()
+        elif isinstance(event, Number) and self._code == b"UIDVALIDITY":
+            self._select_uidvalidity = event.value
+            self._code = None
+        elif isinstance(event, CodeEnd):
+            self._code = None
+
+    def _selected(self, ok: bool) -> None:
+        """The SELECT / EXAMINE under way has been answered."""
+        assert self._selecting is not None
+        _, name = self._selecting
+        self._selecting = None
+        if not ok or self._select_uidvalidity is None:
+            return
+        self._mailbox, self._uidvalidity = name, self._select_uidvalidity
+        self._uids = [None] * self._select_exists
+        if self.cache is not None:
+            self.cache.drop_mailbox(self.user_name, name, keep_uidvalidity=self._uidvalidity)
+        if self.profile.prefetch_depth and self._uids and self.cache is not None:
+            self._prefetch_due = True
+            self._wake.set()
+
+    async def _prefetch(self) -> None:
+        """The newest messages' renditions into the cache, before the client's next command."""
+        self._prefetch_due = False
+        await self._wait_until(lambda: not self._outstanding)
+        if self.cache is None or self._mailbox is None or not self._uids:
+            return
+        n = len(self._uids)
+        first = max(1, n - min(self.profile.prefetch_depth, _PREFETCH_MAX) + 1)
+        tag = self.up.next_tag()
+        self._prefetch_tag = tag
+        self.up.writer.write(tag + b" FETCH %d:%d (UID BODY.PEEK[])\r\n" % (first, n))
+        await self.up.writer.drain()
+        await self._wait_until(lambda: self._prefetch_tag is None)
+        log.debug("prefetched %d renditions of %d:%d", self.prefetched, first, n)
 
     async def _wait_until(self, done: Callable[[], bool]) -> None:
         while not done():
@@ -457,6 +618,7 @@ class ImapRelay:
         done_tag: bytes | None = None
         while True:
             event = await self._upstream_event()
+            self._observe(event)
             if self._lean is not None and not isinstance(
                 event, LineEnd | ProtocolError | ConnectionClosed
             ):
@@ -474,13 +636,9 @@ class ImapRelay:
                         done_tag = tag
                     elif event.verb == "CAPABILITY":
                         filtering = True
-                    elif event.verb == "FETCH" and self._plan is not None:
-                        self._lean = LeanFetch(
-                            self._plan,
-                            self.profile,
-                            profile_name=self.profile_name,
-                            original_login=self.original_login,
-                        )
+                    elif event.verb == "FETCH" and (self._plan or self._prefetch_tag):
+                        self._lean = self._new_lean(event)
+                        drop = self._lean.silent  # written later if it is not the prefetch's
                     elif event.verb == "BYE":
                         self._upstream_bye = True
                     if not drop:
@@ -499,7 +657,8 @@ class ImapRelay:
                     if not drop and capabilities.relayable(value.decode("ascii", "replace")):
                         self._write_client(event)
                 case LineEnd():
-                    self._end_lean()
+                    if self._end_lean():
+                        drop = False  # an unsolicited FETCH held during a prefetch, passed on
                     if filtering and not drop:
                         self._write_own_capabilities()
                     if not drop:
@@ -549,9 +708,15 @@ class ImapRelay:
             return True, event
         if self._await is not None and not self._await.done() and tag == self._await_tag:
             self._await.set_result(False)  # the upstream refused the literal or the IDLE
+        if tag == self._prefetch_tag:
+            self._prefetch_tag = None
+            self._progress.set()
+            return True, event
         client_tag = self._rename.pop(tag, tag)
         if self._plan is not None and self._plan.upstream.tag == client_tag:
             self._plan = None
+        if self._selecting is not None and self._selecting[0] == client_tag:
+            self._selected(event.verb == "OK")
         if client_tag != tag:
             return False, ResponseStart(event.kind, client_tag, event.number, event.name)
         return False, event
@@ -645,16 +810,47 @@ class ImapRelay:
                 self._write_client(out)
                 if len(self._client_buf) >= _FLUSH_AT:
                     await self._flush_client()
-            self._write_client(LIST_END)
 
-    def _end_lean(self) -> None:
+    def _new_lean(self, start: ResponseStart) -> LeanFetch:
+        plan = None if self._prefetch_tag else self._plan
+        return LeanFetch(
+            start,
+            plan.lean if plan is not None else (),
+            self.profile,
+            profile_name=self.profile_name,
+            original_login=self.original_login,
+            keep_uid=plan.keep_uid if plan is not None else False,
+            cached=self._plan_cached if plan is not None else None,
+            silent=plan is None,
+        )
+
+    def _end_lean(self) -> bool:
+        """The FETCH response is over; True if it was held back and has now been passed on."""
         lean, self._lean = self._lean, None
         if lean is None:
-            return
-        lean.close()
-        if lean.report is not None:
-            self.lean_messages += 1
-            self.lean_bytes_saved += lean.report.input_bytes - lean.report.output_bytes
+            return False
+        try:
+            uid, seq = lean.uid, lean.seq
+            if uid is not None and seq is not None and 1 <= seq <= len(self._uids):
+                self._uids[seq - 1] = uid
+            if lean.from_cache:
+                self.cache_hits += 1
+            elif (
+                lean.has_rendition
+                and uid is not None
+                and self.cache is not None
+                and self._mailbox is not None
+                and self._uidvalidity is not None
+            ):
+                if lean.size <= MAX_ITEM:
+                    self.cache.put(self._key(uid), lean.rendition())
+                self.prefetched += lean.silent
+            if lean.report is not None and not lean.silent:
+                self.lean_messages += 1
+                self.lean_bytes_saved += lean.report.input_bytes - lean.report.output_bytes
+            return lean.silent and not lean.splitter.captured
+        finally:
+            lean.close()
 
     async def _upstream_error(self, error: ProtocolError) -> None:
         log.warning("unparseable line from the upstream (%s)", error.kind.value)

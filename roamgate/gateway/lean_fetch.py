@@ -2,17 +2,32 @@
 
 The rendition is written to a spool that stays in memory up to SPOOL_MEMORY and goes to a
 temporary file beyond it (a signed message passes whole), so a large message never sits in
-memory; its items are then read back in chunks as the client takes them.
+memory; its items are then read back in chunks as the client takes them. A rendition may also
+come from the cache (`cached`, by UID) when the plan asked the upstream for no body at all.
+
+A prefetch (`silent`) asks for renditions for the cache only: its responses reach the client
+not at all, while an unsolicited FETCH that happens to arrive meanwhile (flags changed by
+another client) is held back and then passed on whole.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import IO
 
-from roamgate.imap.events import LITERAL_END, NIL, Atom, Event, LiteralChunk, LiteralStart, Number
-from roamgate.imap.fetch_plan import FetchPlan, header_length, item_range
+from roamgate.imap.events import (
+    LIST_END,
+    LITERAL_END,
+    NIL,
+    Atom,
+    Event,
+    LiteralChunk,
+    LiteralStart,
+    Number,
+    ResponseStart,
+)
+from roamgate.imap.fetch_plan import LeanItem, header_length, item_range
 from roamgate.imap.fetch_response import Action, BodyChunk, BodyEnd, FetchSplitter, ListClosed
 from roamgate.mime.lean import HEADER_CAP, LeanRenderer, LeanReport
 from roamgate.profiles import LinkProfile
@@ -22,18 +37,26 @@ CHUNK = 64 * 1024
 
 
 class LeanFetch:
-    """Rewrites the items of one `* n FETCH` response according to a FetchPlan."""
+    """Rewrites the items of one `* n FETCH` response."""
 
     def __init__(
         self,
-        plan: FetchPlan,
+        start: ResponseStart,
+        items: tuple[LeanItem, ...],
         profile: LinkProfile,
         *,
         profile_name: str,
         original_login: str | None,
+        keep_uid: bool = True,
+        cached: Mapping[int, bytes] | None = None,
+        silent: bool = False,
     ) -> None:
-        self.plan = plan
-        self.splitter = FetchSplitter()
+        self.start = start
+        self.seq = start.number
+        self.items = items
+        self.silent = silent
+        self.splitter = FetchSplitter(keep_uid=keep_uid)
+        self._cached = cached or {}
         self._renderer = LeanRenderer(
             profile, profile_name=profile_name, original_login=original_login
         )
@@ -41,13 +64,26 @@ class LeanFetch:
         self.size = 0
         self.closed = False  # the item list has ended: write tail_events(), then the line end
         self.tail_written = False
-        self.report: LeanReport | None = None  # set once the stored message has been rendered
+        self.from_cache = False
+        self.report: LeanReport | None = None  # set once a stored message has been rendered
+        self._held: list[Event] = []  # silent: what goes to the client if this is not ours
+
+    @property
+    def uid(self) -> int | None:
+        return self.splitter.uid
+
+    @property
+    def has_rendition(self) -> bool:
+        return self.splitter.captured and not self.splitter.nil
 
     def push(self, event: Event) -> list[Event]:
         """Events for the client now (the stored message's bytes are kept back)."""
         out: list[Event] = []
         for action in self.splitter.push(event):
             out.extend(self._act(action))
+        if self.silent:
+            self._held.extend(out)
+            return []
         return out
 
     def _act(self, action: Action) -> list[Event]:
@@ -69,14 +105,31 @@ class LeanFetch:
             self.size += len(data)
 
     def tail_events(self) -> Iterator[Event]:
-        """The lean items the client asked for, then nothing: the caller writes `)`."""
-        if not self.splitter.captured:
-            return  # an unsolicited FETCH (flags) between the plan's responses
+        """What completes the response for the client: the lean items and the `)`.
+
+        Silent: nothing if the response was the prefetch's own, else the whole of it as held.
+        """
+        if self.silent:
+            if not self.splitter.captured:
+                yield self.start
+                yield from self._held
+                yield LIST_END
+            return
+        uid = self.splitter.uid
+        if not self.splitter.captured and uid is not None and uid in self._cached:
+            self._write(self._cached[uid])
+            self.splitter.captured = True
+            self.from_cache = True
+        if self.splitter.captured:
+            yield from self._lean_items()
+        yield LIST_END
+
+    def _lean_items(self) -> Iterator[Event]:
         header_len = self.size
         if self.size:
             self._spool.seek(0)
             header_len = header_length(self._spool.read(min(self.size, 2 * HEADER_CAP)))
-        for item in self.plan.lean:
+        for item in self.items:
             yield Atom(item.key)
             if item.part == "size":
                 yield Number(self.size)
@@ -95,6 +148,11 @@ class LeanFetch:
                 left -= len(chunk)
                 yield LiteralChunk(chunk)
             yield LITERAL_END
+
+    def rendition(self) -> bytes:
+        """The whole rendition (for the cache; callers check `size` first)."""
+        self._spool.seek(0)
+        return self._spool.read(self.size)
 
     def close(self) -> None:
         self._spool.close()

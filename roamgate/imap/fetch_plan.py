@@ -4,8 +4,9 @@ Every item that shows the whole message or its top-level header or text (BODY[],
 RFC822.SIZE, BODY[HEADER], BODY[TEXT], RFC822.HEADER, RFC822.TEXT and their partial ranges, and
 the FAST/ALL/FULL macros' RFC822.SIZE) is answered from one lean rendition, so sizes, headers,
 texts and ranges agree with each other byte for byte. The upstream is asked for the stored
-message once (BODY[] when an item would set \\Seen, BODY.PEEK[] otherwise) instead of those
-items; every other item (FLAGS, ENVELOPE, BODYSTRUCTURE, BODY[2], BODY[1.MIME], BINARY[...],
+message once (BODY[] when an item would set \\Seen, BODY.PEEK[] otherwise) and its UID instead
+of those items; or, when every rendition is in the cache already, for the UID alone (and a
+one-field header item that sets \\Seen, if an item would). Every other item (FLAGS, ENVELOPE, BODYSTRUCTURE, BODY[2], BODY[1.MIME], BINARY[...],
 HEADER.FIELDS ...) is asked and answered as it is, so a client that fetches parts by section gets
 the real parts.
 """
@@ -35,8 +36,9 @@ _RFC822: dict[bytes, tuple[Part, bool]] = {
 }
 _SECTION_PARTS: dict[bytes, Part] = {b"": "all", b"HEADER": "header", b"TEXT": "text"}
 _PARTIAL = re.compile(rb"^(\d{1,10})\.(\d{1,10})$")
-# The item of the upstream's answer that carries the stored message for the rendition.
-WHOLE_MESSAGE_KEY = b"BODY[]"
+# A header field no message has: `BODY[HEADER.FIELDS (X-ROAMGATE-SEEN)]` sets \Seen for a
+# couple of bytes when the rendition itself comes from the cache.
+SEEN_FIELD = b"X-ROAMGATE-SEEN"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +52,19 @@ class LeanItem:
 
 @dataclass(frozen=True, slots=True)
 class FetchPlan:
-    """The command for the upstream and the items the proxy answers itself."""
+    """The commands for the upstream and the items the proxy answers itself.
+
+    upstream asks for the stored messages; from_cache asks for the other items only, for when
+    every rendition is cached. keep_uid: the client asked for UIDs (UID FETCH, or UID).
+    """
 
     upstream: Command
+    from_cache: Command
     lean: tuple[LeanItem, ...]
+    seen: bool
+    keep_uid: bool
+    uid_command: bool
+    message_set: bytes
 
 
 def plan_fetch(command: Command) -> FetchPlan | None:
@@ -68,7 +79,11 @@ def plan_fetch(command: Command) -> FetchPlan | None:
     keep: list[Value] = []
     lean: list[LeanItem] = []
     seen = False
+    uid_command = command.verb == "UID FETCH"
+    keep_uid = uid_command
     for item in items:
+        if isinstance(item, Atom) and item.value.upper() == b"UID":
+            keep_uid = True
         found = _lean_item(item)
         if found is None:
             keep.append(item)
@@ -79,9 +94,30 @@ def plan_fetch(command: Command) -> FetchPlan | None:
         seen = seen or sets_seen
     if not lean:
         return None
+    if not any(isinstance(i, Atom) and i.value.upper() == b"UID" for i in keep):
+        keep.append(Atom(b"UID"))  # for the cache and the sequence-number map
+    cached = list(keep)
+    if seen:
+        cached.append(Section(b"BODY", (Atom(b"HEADER.FIELDS"), ValueList((Atom(SEEN_FIELD),)))))
     keep.append(Section(b"BODY" if seen else b"BODY.PEEK"))
-    upstream = Command(command.tag, command.name, (seqset, ValueList(tuple(keep)), *modifiers))
-    return FetchPlan(upstream, tuple(lean))
+
+    def build(items: list[Value]) -> Command:
+        return Command(command.tag, command.name, (seqset, ValueList(tuple(items)), *modifiers))
+
+    set_text = b""  # not a set the proxy can read: the cache is not used
+    if isinstance(seqset, Atom):
+        set_text = seqset.value
+    elif isinstance(seqset, Number):
+        set_text = str(seqset.value).encode()
+    return FetchPlan(
+        upstream=build(keep),
+        from_cache=build(cached),
+        lean=tuple(lean),
+        seen=seen,
+        keep_uid=keep_uid,
+        uid_command=uid_command,
+        message_set=set_text,
+    )
 
 
 def _lean_item(item: Value) -> tuple[LeanItem, bool] | None:
@@ -130,7 +166,3 @@ def header_length(head: bytes) -> int:
         return end + 4
     end = head.find(b"\n\n")
     return end + 2 if end >= 0 else len(head)
-
-
-def is_number(value: Value) -> bool:
-    return isinstance(value, Number)

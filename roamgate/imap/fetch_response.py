@@ -1,10 +1,12 @@
 """Splits one untagged FETCH response: the stored message out, every other item through.
 
 Fed the events of a `* n FETCH (...)` response after its ResponseStart, FetchSplitter passes
-each item the client asked for on unchanged and takes out the `BODY[]` item that the proxy
-asked for in the client's stead (see fetch_plan), handing its bytes on as BodyChunk so a lean
-rendition can be made of them. At the list's closing parenthesis it reports ListClosed and
-passes nothing: the caller adds the lean items, then the `)`.
+each item the client asked for on unchanged and takes out what the proxy asked for in the
+client's stead (see fetch_plan): the `BODY[]` item, whose bytes it hands on as BodyChunk so a
+lean rendition can be made of them; the UID, which it notes (and drops if the client did not ask
+for it); and the tiny header item that sets \\Seen when a rendition comes from the cache. At the
+list's closing parenthesis it reports ListClosed and passes nothing: the caller adds the lean
+items, then the `)`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from roamgate.imap.events import (
     SectionEnd,
     SectionStart,
 )
+from roamgate.imap.fetch_plan import SEEN_FIELD
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,65 +53,97 @@ class ListClosed:
 Action: TypeAlias = Event | BodyChunk | BodyEnd | ListClosed
 
 
+def _is_seen_item(held: list[Event]) -> bool:
+    """`BODY[HEADER.FIELDS (X-ROAMGATE-SEEN)]` as held (its SectionStart first)."""
+    if len(held) != 5:
+        return False
+    _, fields, opened, name, closed = held
+    return (
+        isinstance(fields, Atom)
+        and fields.value.upper() == b"HEADER.FIELDS"
+        and isinstance(opened, ListStart)
+        and isinstance(name, Atom | Quoted)
+        and name.value.upper() == SEEN_FIELD
+        and isinstance(closed, ListEnd)
+    )
+
+
 class FetchSplitter:
     """One response's item list: item names and values alternate at depth 1."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, keep_uid: bool = True) -> None:
+        self.keep_uid = keep_uid
         self.depth = 0
         self.expect_name = True
-        self.in_section = False
-        self.section_list_depth = 0
-        self._held: SectionStart | None = None  # `BODY[` that may be the stored message
+        self.uid: int | None = None
+        self._held: list[Event] | None = None  # a `BODY[...` section name, until its `]`
+        self._section_lists = 0
+        self._uid_next = False  # the value that follows is the UID
+        self._skip = 0  # >0: the current value is dropped (list depth inside it, plus one)
         self.capturing = False  # the current value is the stored message
         self.captured = False  # this response carried the stored message
         self.nil = False
 
     def push(self, event: Event) -> list[Action]:
-        if self.in_section:
+        if self._held is not None:
             return self._section(event)
         if self.depth == 0:
             if isinstance(event, ListStart):
                 self.depth = 1
-                return [event]
-            return [event]  # not a FETCH item list; pass it as it is
+            return [event]  # the list's `(`, or not a FETCH item list: pass it as it is
         if self.depth == 1 and self.expect_name:
-            if isinstance(event, SectionStart):
-                self.in_section = True
-                if event.name.upper() == b"BODY":
-                    self._held = event
-                    return []
-                return [event]
-            if isinstance(event, ListEnd):
-                self.depth = 0
-                return [ListClosed()]
-            self.expect_name = not isinstance(event, Atom)
-            return [event]
+            return self._name(event)
         if self.capturing:
             return self._capture(event)
+        if self._skip:
+            self._skip_value(event)
+            return []
+        if self._uid_next:
+            self._uid_next = False
+            if isinstance(event, Number):
+                self.uid = event.value
         return self._value(event)
 
+    def _name(self, event: Event) -> list[Action]:
+        if isinstance(event, SectionStart):
+            self._held = [event]  # the section's name is known at its `]`
+            return []
+        if isinstance(event, ListEnd):
+            self.depth = 0
+            return [ListClosed()]
+        self.expect_name = not isinstance(event, Atom)
+        if isinstance(event, Atom) and event.value.upper() == b"UID":
+            if not self.keep_uid:
+                self._skip = 1
+                self._uid_next = True
+                return []
+            self._uid_next = True
+        return [event]
+
     def _section(self, event: Event) -> list[Action]:
-        out: list[Action] = []
-        if self._held is not None and not isinstance(event, SectionEnd):
-            out.append(self._held)
-            self._held = None
+        held = self._held
+        assert held is not None
         if isinstance(event, ListStart):
-            self.section_list_depth += 1
+            self._section_lists += 1
         elif isinstance(event, ListEnd):
-            self.section_list_depth -= 1
-        elif isinstance(event, SectionEnd) and self.section_list_depth == 0:
-            self.in_section = False
+            self._section_lists -= 1
+        elif isinstance(event, SectionEnd) and self._section_lists == 0:
+            self._held = None
             self.expect_name = False
-            if self._held is not None:
-                self._held = None
-                if event.partial is None:
-                    # `BODY[]` with no range: the whole stored message the proxy asked for.
-                    self.capturing = True
-                    self.captured = True
-                    return out
-                out.append(SectionStart(b"BODY"))
-        out.append(event)
-        return out
+            first = held[0]
+            if not isinstance(first, SectionStart) or first.name.upper() != b"BODY":
+                return [*held, event]
+            if len(held) == 1 and event.partial is None:
+                # `BODY[]` with no range: the whole stored message the proxy asked for.
+                self.capturing = True
+                self.captured = True
+                return []
+            if event.partial is None and _is_seen_item(held):
+                self._skip = 1  # the \Seen setter's value: nobody asked for it
+                return []
+            return [*held, event]
+        held.append(event)
+        return []
 
     def _capture(self, event: Event) -> list[Action]:
         if isinstance(event, LiteralStart):
@@ -119,9 +154,7 @@ class FetchSplitter:
             return self._captured(nil=False)
         if isinstance(event, Quoted):
             return [BodyChunk(event.value), *self._captured(nil=False)]
-        if isinstance(event, Nil) or (isinstance(event, Atom) and event.value.upper() == b"NIL"):
-            return self._captured(nil=True)
-        # Anything else is not a message; give the lean items nothing rather than garbage.
+        # NIL (the message is gone) or anything else that is not a message: no rendition.
         return self._captured(nil=True)
 
     def _captured(self, *, nil: bool) -> list[Action]:
@@ -129,6 +162,21 @@ class FetchSplitter:
         self.expect_name = True
         self.nil = nil
         return [BodyEnd(nil)]
+
+    def _skip_value(self, event: Event) -> None:
+        if self._uid_next:
+            self._uid_next = False
+            if isinstance(event, Number):
+                self.uid = event.value
+        if isinstance(event, ListStart):
+            self._skip += 1
+        elif isinstance(event, ListEnd):
+            self._skip -= 1
+        elif isinstance(event, LiteralStart | LiteralChunk):
+            return  # the value goes on to its LiteralEnd
+        if self._skip == 1:
+            self._skip = 0
+            self.expect_name = True
 
     def _value(self, event: Event) -> list[Action]:
         if isinstance(event, ListStart):

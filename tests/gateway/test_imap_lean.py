@@ -22,6 +22,8 @@ import pytest
 
 from roamgate.demo.dovecot import PrivateDovecot
 from roamgate.demo.mailbox import smime_signer_certificate_pem
+from roamgate.mime.lean import LeanRenderer
+from roamgate.profiles import BUILTIN_PROFILES
 from tests.gateway.conftest import PASSWORDS, Gateway, read_line, read_until_tagged
 
 pytestmark = pytest.mark.peer
@@ -282,4 +284,66 @@ def test_session_close_counts_the_lean_renditions(gateway: Gateway) -> None:
     assert len(closes) > before, "session_close is written when the relay ends"
     detail = closes[-1]["detail"]
     assert isinstance(detail, dict)
-    assert detail["lean_messages"] >= 1 and detail["lean_bytes_saved"] > 200_000
+    # SELECT made the newest 50 renditions (INBOX has 35) while the client read its answer;
+    # the FETCH was answered from them.
+    assert detail["prefetched"] >= 30, detail
+    assert detail["cache_hits"] >= 1, detail
+
+
+def render_direct(direct: imaplib.IMAP4_SSL, uid: str, profile: str = "phs") -> bytes:
+    """The rendition made here, independently of the gateway, from the stored bytes."""
+    stored = fetch(direct, uid, "(BODY.PEEK[])")[b"BODY[]"]
+    r = LeanRenderer(BUILTIN_PROFILES[profile], profile_name=profile, original_login="bob#lan")
+    return r.feed(stored) + r.close()
+
+
+def test_renditions_from_the_cache_are_the_renditions_of_the_stored_bytes(
+    phs: imaplib.IMAP4_SSL, direct: imaplib.IMAP4_SSL
+) -> None:
+    typ, data = phs.uid("SEARCH", "ALL")
+    assert typ == "OK"
+    uids = (data[0] or b"").decode().split()
+    for uid in uids[-6:]:
+        got = fetch(phs, uid, "(RFC822.SIZE BODY.PEEK[])")
+        assert got[b"BODY[]"] == render_direct(direct, uid)
+        assert int(got[b"RFC822.SIZE"]) == len(got[b"BODY[]"])
+
+
+def test_sequence_numbers_follow_expunges_and_new_mail(
+    gateway: Gateway, dovecot: PrivateDovecot
+) -> None:
+    def note(n: int) -> bytes:
+        return (
+            f"From: a@kestrel.example\r\nSubject: note {n}\r\nMessage-ID: <n{n}@k>\r\n\r\n"
+            + f"note number {n}\r\n" * (n * 700)
+        ).encode()
+
+    with dovecot.imap("erin", PASSWORDS["erin"]) as admin:
+        admin.select("INBOX")
+        for n in range(1, 5):
+            admin.append("INBOX", "", None, note(n))
+        client = gateway.imaps()
+        assert client.login("erin#phs", PASSWORDS["erin"] + gateway.code("erin"))[0] == "OK"
+        try:
+            assert client.select("INBOX", readonly=True)[0] == "OK"
+            # Another client removes the first two notes and a new one arrives.
+            typ, data = admin.search(None, "ALL")
+            first, second = (data[0] or b"").split()[:2]
+            admin.store(f"{first.decode()},{second.decode()}", "+FLAGS", r"(\Deleted)")
+            admin.expunge()
+            admin.append("INBOX", "", None, note(9))
+            client.noop()
+            typ, data = client.fetch("1:*", "(RFC822.SIZE BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+            assert typ == "OK"
+            subjects = [bytes(d[1]).strip() for d in data if isinstance(d, tuple)]
+            typ, data = admin.search(None, "ALL")
+            assert len(subjects) == len((data[0] or b"").split())
+            last = fetch(
+                client, str(int(admin.uid("SEARCH", "ALL")[1][0].split()[-1])), "(BODY.PEEK[])"
+            )
+            assert b"note number 9" in last[b"BODY[]"]
+            whole = client.fetch(str(len(subjects)), "(RFC822.SIZE BODY.PEEK[])")[1][0]
+            assert isinstance(whole, tuple)
+            assert b"Subject: note 9" in whole[1]
+        finally:
+            client.logout()
