@@ -155,6 +155,7 @@ class PrivateDovecot:
         imap_port: int | None = None,
         imaps_port: int | None = None,
         start_timeout: float = 15.0,
+        auth_failure_delay: int = 0,
     ) -> None:
         self.workdir = workdir.resolve()
         if not _SAFE_PATH.fullmatch(str(self.workdir)):
@@ -164,6 +165,8 @@ class PrivateDovecot:
         while self.imaps_port == self.imap_port:
             self.imaps_port = free_port(self.host)
         self.start_timeout = start_timeout
+        # Seconds (Dovecot takes whole ones) before a failed login is answered; its default is 2.
+        self.auth_failure_delay = auth_failure_delay
         self.config_file = self.workdir / "dovecot.conf"
         self.log_file = self.workdir / "dovecot.log"
         self.stderr_file = self.workdir / "dovecot.stderr"
@@ -288,10 +291,10 @@ ssl_key = <{self.key_file}
 ssl_min_protocol = TLSv1.2
 disable_plaintext_auth = yes
 auth_mechanisms = plain login
-# Wrong-password tests stay fast; the gateway in front does its own throttling. Besides
+# 0: wrong-password tests stay fast; the gateway in front does its own throttling. Besides
 # this delay, anvil's per-IP penalty (2, 4, 8, 15 s) hits even login_trusted_networks here:
 # its socket's mode = 0 below is Dovecot's documented off switch.
-auth_failure_delay = 0 secs
+auth_failure_delay = {self.auth_failure_delay} secs
 auth_master_user_separator = *
 # The gateway connects from here and forwards the road user's address with ID x-originating-ip.
 login_trusted_networks = {self.host}/32

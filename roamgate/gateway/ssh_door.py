@@ -301,9 +301,10 @@ class _SshConnection(asyncssh.SSHServer):
     async def validate_kbdint_response(
         self, username: str, responses: Sequence[str]
     ) -> bool | Challenge:
+        began = time.monotonic()
         if len(responses) != 1 or len(responses[0]) > 1024:
             return await self._decided(
-                username, LoginResult(False, "malformed_answer"), audit_malformed=True
+                username, LoginResult(False, "malformed_answer"), began, audit_malformed=True
             )
         answer = responses[0]
         auth = self.rt.authenticator
@@ -334,10 +335,10 @@ class _SshConnection(asyncssh.SSHServer):
         else:
             result = LoginResult(False, "out_of_order")
         self._password = None
-        return await self._decided(username, result)
+        return await self._decided(username, result, began)
 
     async def _decided(
-        self, username: str, result: LoginResult, *, audit_malformed: bool = False
+        self, username: str, result: LoginResult, began: float, *, audit_malformed: bool = False
     ) -> bool:
         if audit_malformed:
             await self.rt.auditor.record(
@@ -354,8 +355,12 @@ class _SshConnection(asyncssh.SSHServer):
             return True
         if not result.temporary:
             self._failures += 1
-            if self.settings.failure_delay_ms:
-                await asyncio.sleep(self.settings.failure_delay_ms / 1000)
+            # Answered failure_delay_ms after the answer came in, however long the checks took
+            # (an upstream's own failure delay, say), so the time does not tell which factor
+            # failed. The delay should exceed the upstream's check time.
+            left = began + self.settings.failure_delay_ms / 1000 - time.monotonic()
+            if left > 0:
+                await asyncio.sleep(left)
         if self._failures >= self.settings.max_auth_attempts and self.conn is not None:
             await self.rt.auditor.record(
                 "connection_closed",
