@@ -225,7 +225,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from roamgate import logs
         from roamgate.gateway.serve import serve
 
-        cfg = load_config(Path(args.config))
+        cfg = load_config(Path(args.config), check_key_files=True)
         logs.configure(cfg.logging.level, cfg.logging.file)
         asyncio.run(serve(cfg))
         return 0

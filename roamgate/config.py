@@ -233,7 +233,7 @@ class Config:
         return merged_profiles(self.profiles)
 
 
-def _cross_checks(cfg: Config, lines: dict[str, int]) -> list[ConfigIssue]:
+def _cross_checks(cfg: Config, lines: dict[str, int], *, key_files: bool) -> list[ConfigIssue]:
     """Rules that involve more than one key or the file system."""
     issues: list[ConfigIssue] = []
 
@@ -312,6 +312,18 @@ def _cross_checks(cfg: Config, lines: dict[str, int]) -> list[ConfigIssue]:
     for key, p in files:
         if p is not None and not p.is_file():
             at(key, f"file not found: {p}")
+    if key_files:
+        # Imported here: asyncssh is slow to import and only check-config and serve need it.
+        from roamgate.key_files import ssh_host_key_problem, tls_pair_problems
+
+        if cfg.tls.cert_file.is_file() and cfg.tls.key_file.is_file():
+            for key, message in tls_pair_problems(cfg.tls.cert_file, cfg.tls.key_file):
+                at(key, message)
+        for key, p in files:
+            if key.startswith("ssh.host_key_files[") and p is not None and p.is_file():
+                problem = ssh_host_key_problem(p)
+                if problem is not None:
+                    at(key, problem)
     if cfg.upstream.imap.tls == "none" and not _is_loopback(cfg.upstream.imap.host):
         at("upstream.imap.tls", "'none' is only allowed for an upstream on this machine (loopback)")
     return issues
@@ -338,8 +350,14 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def load_config(path: Path, env: dict[str, str] | None = None) -> Config:
-    """Read and validate a config file; raise ConfigError naming file, line and key of each problem."""
+def load_config(
+    path: Path, env: dict[str, str] | None = None, *, check_key_files: bool = False
+) -> Config:
+    """Read and validate a config file; raise ConfigError naming file, line and key of each problem.
+
+    check_key_files also loads the TLS certificate and key and the SSH host keys, as `serve`
+    will (check-config and serve ask for it; commands that never open a door do not).
+    """
     filename = str(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -352,7 +370,7 @@ def load_config(path: Path, env: dict[str, str] | None = None) -> Config:
     base_dir = path.resolve().parent
     cfg, lines = load_yaml_into(Config, text, filename, base_dir, env)
     cfg = replace(cfg, path=path.resolve())
-    issues = _cross_checks(cfg, lines)
+    issues = _cross_checks(cfg, lines, key_files=check_key_files)
     if issues:
         raise ConfigError(filename, issues)
     return cfg

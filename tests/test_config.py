@@ -5,8 +5,12 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import asyncssh
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
+from roamgate import pki
 from roamgate.config import ConfigError, load_config
 from roamgate.profiles import BUILTIN_PROFILES, LinkProfile
 
@@ -245,3 +249,98 @@ def test_profile_separator_is_one_plain_punctuation_character(tmp_path: Path, se
 def test_profile_separator_accepts_punctuation(tmp_path: Path, sep: str) -> None:
     p = _write(tmp_path, GOOD + f"imap_proxy:\n  profile_separator: '{sep}'\n")
     assert load_config(p).imap_proxy.profile_separator == sep
+
+
+def _real_keys(d: Path) -> None:
+    """A TLS certificate and key that belong together, and an Ed25519 host key."""
+    ca_key, ca_cert = pki.make_ca("test CA")
+    key, cert = pki.issue_server_cert(ca_key, ca_cert, "gw.example.com", [])
+    (d / "server.pem").write_bytes(pki.cert_pem(cert))
+    pki.write_private(d / "server.key", pki.key_pem(key))
+    host_key = asyncssh.generate_private_key("ssh-ed25519")
+    pki.write_private(d / "host_key", host_key.export_private_key("openssh"))
+
+
+def _key_errors(p: Path) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(p, check_key_files=True)
+    return info.value.lines()
+
+
+def test_usable_key_files_pass_the_key_check(tmp_path: Path) -> None:
+    p = _write(tmp_path, GOOD)
+    _real_keys(tmp_path)
+    assert load_config(p, check_key_files=True).ssh is not None
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("garbage", "not a valid SSH private key"),
+        ("public", "not a valid SSH private key"),
+        (
+            "encrypted",
+            "the SSH private key is encrypted; the gateway needs it without a passphrase",
+        ),
+        (
+            "ecdsa",
+            "key type ecdsa-sha2-nistp256 is not offered;"
+            " use one of ssh-ed25519, rsa-sha2-512, rsa-sha2-256",
+        ),
+    ],
+)
+def test_an_unusable_ssh_host_key_is_named(tmp_path: Path, damage: str, message: str) -> None:
+    p = _write(tmp_path, GOOD.replace("[host_key]", "[host_key, host_key2]"))
+    _real_keys(tmp_path)
+    second = tmp_path / "host_key2"
+    good = asyncssh.read_private_key(str(tmp_path / "host_key"))
+    if damage == "garbage":
+        second.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nc2VjcmV0IGJ5dGVz\n")
+    elif damage == "public":
+        second.write_bytes(good.export_public_key("openssh"))
+    elif damage == "encrypted":
+        second.write_bytes(good.export_private_key("pkcs8-pem", passphrase="pw"))
+    else:
+        second.write_bytes(
+            asyncssh.generate_private_key("ecdsa-sha2-nistp256").export_private_key()
+        )
+    errors = _key_errors(p)
+    assert errors == [f"{p}:13 ssh.host_key_files[1]: {message}"]
+    assert "c2VjcmV0" not in "".join(errors)
+    assert load_config(p).ssh is not None  # other commands do not load keys
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        ("cert-garbage", "9 tls.cert_file: not a PEM certificate"),
+        ("key-garbage", "10 tls.key_file: not a valid PEM private key"),
+        ("key-other", "10 tls.key_file: the certificate and key do not match"),
+        (
+            "key-encrypted",
+            "10 tls.key_file: the private key is encrypted; the gateway needs it without one",
+        ),
+    ],
+)
+def test_an_unusable_tls_certificate_or_key_is_named(
+    tmp_path: Path, damage: str, expected: str
+) -> None:
+    p = _write(tmp_path, GOOD)
+    _real_keys(tmp_path)
+    other = ec.generate_private_key(ec.SECP256R1())
+    if damage == "cert-garbage":
+        (tmp_path / "server.pem").write_text("-----BEGIN CERTIFICATE-----\nc2VjcmV0\n")
+    elif damage == "key-garbage":
+        (tmp_path / "server.key").write_text("-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n")
+    elif damage == "key-other":
+        pki.write_private(tmp_path / "server.key", pki.key_pem(other))
+    else:
+        encrypted = other.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"pw"),
+        )
+        pki.write_private(tmp_path / "server.key", encrypted)
+    errors = _key_errors(p)
+    assert errors == [f"{p}:{expected}"]
+    assert "c2VjcmV0" not in "".join(errors)

@@ -57,7 +57,8 @@ def init(args: argparse.Namespace) -> int:
 
 
 def check_config(args: argparse.Namespace) -> int:
-    cfg = load_config(Path(args.config))  # ConfigError is reported by the CLI's error boundary
+    # ConfigError is reported by the CLI's error boundary.
+    cfg = load_config(Path(args.config), check_key_files=True)
     doors = [
         f"{name} {listener.host}:{listener.port}"
         for name in ("ssh", "imaps", "imap", "web")

@@ -246,6 +246,40 @@ def test_a_failing_check_config_names_file_line_and_key(gateway_dir: Path) -> No
 
 
 @pytest.mark.parametrize(
+    ("file", "config_line", "expected"),
+    [
+        (
+            "ssh_host_rsa_key",
+            "    - ssh_host_rsa_key",
+            "ssh.host_key_files[1]: not a valid SSH private key",
+        ),
+        (
+            "tls/server.key",
+            "  key_file: tls/server.key",
+            "tls.key_file: the certificate and key do not match",
+        ),
+        ("tls/server.pem", "  cert_file: tls/server.pem", "tls.cert_file: not a PEM certificate"),
+    ],
+)
+def test_check_config_and_serve_name_an_unusable_key_file(
+    gateway_dir: Path, file: str, config_line: str, expected: str
+) -> None:
+    damaged = gateway_dir / file
+    if file == "tls/server.key":
+        damaged.write_bytes((gateway_dir / "tls/ca.key").read_bytes())  # the CA's key by mistake
+    else:
+        damaged.write_text("-----BEGIN GARBAGE-----\nc2VjcmV0\n")
+    cfg = gateway_dir / "roamgate.yaml"
+    line = cfg.read_text().splitlines().index(config_line) + 1
+    for command in ("check-config", "serve"):
+        r = run_cli(command, *_cfg(gateway_dir))
+        assert r.returncode == 2, (command, r.stdout, r.stderr)
+        assert r.stderr == f"{cfg}:{line} {expected}\n", command
+        assert "OK" not in r.stdout and "c2VjcmV0" not in r.stderr
+        _no_traceback(r)
+
+
+@pytest.mark.parametrize(
     ("damage", "expected"),
     [
         ("yaml", "YAML syntax error"),
