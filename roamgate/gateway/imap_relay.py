@@ -31,6 +31,9 @@ from roamgate.imap.command_parser import CommandParser
 from roamgate.imap.deflate import InflateError, looks_compressed
 from roamgate.imap.errors import ErrorKind
 from roamgate.imap.events import (
+    LINE_END,
+    LIST_END,
+    LIST_START,
     NEED_DATA,
     PAUSED,
     Atom,
@@ -54,7 +57,7 @@ from roamgate.imap.events import (
 from roamgate.imap.fetch_plan import FetchPlan, plan_fetch
 from roamgate.imap.sequence_set import parse_sequence_set
 from roamgate.imap.serialize import EventWriter, command_events, error_reply
-from roamgate.imap.values import Command, astring
+from roamgate.imap.values import Command, ValueList, astring
 from roamgate.profiles import BUILTIN_PROFILES, DEFAULT_PROFILE, LinkProfile
 
 log = logging.getLogger("roamgate.imap")
@@ -406,11 +409,54 @@ class ImapRelay:
         await self._flush_up()
         await self._wait_until(lambda: self._outstanding <= {tag})
         cached = self._cached_renditions(plan)
+        if cached and self._only_lean(plan):
+            await self._answer_from_cache(plan, cached)
+            return
         self._plan, self._plan_cached = plan, cached or {}
         for event in command_events(plan.from_cache if cached else plan.upstream):
             self._write_up(event)
         await self._flush_up()
         await self._wait_until(lambda: tag not in self._outstanding)
+
+    @staticmethod
+    def _only_lean(plan: FetchPlan) -> bool:
+        """The client asked for lean items (and UIDs) only: nothing the upstream must say."""
+        args = plan.from_cache.args
+        if plan.seen or len(args) != 2 or not isinstance(args[1], ValueList):
+            return False
+        return all(isinstance(i, Atom) and i.value.upper() == b"UID" for i in args[1].items)
+
+    async def _answer_from_cache(self, plan: FetchPlan, cached: dict[int, bytes]) -> None:
+        """Header fetches answered without the upstream: sizes, headers and texts are cached,
+        and the answer is what the upstream's own (UID only) would have become."""
+        tag = plan.upstream.tag
+        seqs = {uid: n for n, uid in enumerate(self._uids, 1) if uid in cached}
+        async with self._client_lock:
+            for uid, seq in sorted(seqs.items(), key=lambda pair: pair[1]):
+                start = ResponseStart(ResponseKind.UNTAGGED, None, seq, b"FETCH")
+                lean = LeanFetch(
+                    start,
+                    plan.lean,
+                    self.profile,
+                    profile_name=self.profile_name,
+                    original_login=self.original_login,
+                    keep_uid=plan.keep_uid,
+                    cached=cached,
+                )
+                self._write_client(start)
+                for event in (LIST_START, Atom(b"UID"), Number(uid), LIST_END):
+                    for out in lean.push(event):
+                        self._write_client(out)
+                for out in lean.tail_events():
+                    self._write_client(out)
+                    if len(self._client_buf) >= _FLUSH_AT:
+                        await self._flush_client()
+                self._write_client(LINE_END)
+                lean.close()
+                self.cache_hits += 1
+            self._client_buf += tag + b" OK Fetch completed (from the gateway's cache).\r\n"
+            await self._flush_client()
+        self._outstanding.discard(tag)
 
     # -- the rendition cache and the selected mailbox
     def _key(self, uid: int) -> CacheKey:

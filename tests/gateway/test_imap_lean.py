@@ -347,3 +347,35 @@ def test_sequence_numbers_follow_expunges_and_new_mail(
             assert b"Subject: note 9" in whole[1]
         finally:
             client.logout()
+
+
+def test_header_fetches_after_select_are_answered_from_the_cache(
+    gateway: Gateway, direct: imaplib.IMAP4_SSL
+) -> None:
+    sock = gateway.raw()
+    try:
+        password = PASSWORDS["bob"] + gateway.code("bob")
+        sock.sendall(b'a1 LOGIN "bob#phs" "' + password.encode() + b'"\r\n')
+        assert read_until_tagged(sock, b"a1")[-1].startswith(b"a1 OK")
+        sock.sendall(b"a2 EXAMINE INBOX\r\n")
+        lines = read_until_tagged(sock, b"a2")
+        exists = int(re.search(rb"\* (\d+) EXISTS", b"".join(lines)).group(1))  # type: ignore[union-attr]
+        first = exists - 4
+        sock.sendall(b"a3 FETCH %d:%d (RFC822.SIZE BODY.PEEK[HEADER])\r\n" % (first, exists))
+        answer = b""
+        while not answer.endswith(b"\r\n") or b"\r\na3 " not in b"\r\n" + answer:
+            answer += sock.recv(65536)
+        assert b"a3 OK Fetch completed (from the gateway's cache)." in answer
+        for seq in range(first, exists + 1):
+            m = re.search(
+                rb"\* %d FETCH \(RFC822\.SIZE (\d+) BODY\[HEADER\] \{(\d+)\}\r\n" % seq, answer
+            )
+            assert m is not None, (seq, answer[:300])
+            header = answer[m.end() : m.end() + int(m.group(2))]
+            uid = direct.fetch(str(seq), "(UID)")[1][0]
+            assert isinstance(uid, bytes)
+            rendition = render_direct(direct, re.search(rb"UID (\d+)", uid).group(1).decode())  # type: ignore[union-attr]
+            assert int(m.group(1)) == len(rendition)
+            assert rendition.startswith(header) and header.endswith(b"\r\n\r\n")
+    finally:
+        sock.close()
