@@ -65,7 +65,7 @@ class SshSettings:
     # asyncssh has no MaxAuthTries: password/code answers (and keys) counted per connection.
     max_auth_attempts: int = field(default=6, metadata=int_range(1, 20))
     # Wait before answering a failed login: slows guessing, hides which factor failed.
-    failure_delay_ms: int = field(default=1000, metadata=int_range(0, 10000))
+    failure_delay_ms: int = field(default=2500, metadata=int_range(0, 10000))
     keepalive_seconds: int = field(default=30, metadata=int_range(5, 3600))
     keepalive_count_max: int = field(default=3, metadata=int_range(1, 100))
     max_connections: int = field(default=500, metadata=int_range(1, 100000))
@@ -109,7 +109,7 @@ class ImapProxySettings:
     max_connections: int = field(default=1000, metadata=int_range(1, 100000))
     max_connections_per_source: int = field(default=20, metadata=int_range(1, 10000))
     # Wait before answering a failed login: slows guessing, hides which factor failed.
-    failure_delay_ms: int = field(default=1000, metadata=int_range(0, 10000))
+    failure_delay_ms: int = field(default=2500, metadata=int_range(0, 10000))
     max_login_failures: int = field(default=3, metadata=int_range(1, 10))
     # Upstream connections made ahead of logins (TLS done, not logged in), and how long one is
     # kept unused; 0 spares: connect at each login.

@@ -170,7 +170,7 @@ imap_proxy:
   idle_timeout_seconds: 1800       # a silent logged-in client (not in IDLE) is logged out
   max_connections: 1000
   max_connections_per_source: 20
-  failure_delay_ms: 1000           # before answering a failed login
+  failure_delay_ms: 2500           # before a failed login is answered; above the upstream's own (Dovecot: 2 s)
   upstream_login: passthrough      # passthrough | master (a Dovecot master user)
 
 store:

@@ -223,6 +223,7 @@ class ImapDoor:
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
+        conn: _Connection | None = None
         try:
             refused = self.limiter.admit(source)
             if refused is not None or self._closing:
@@ -239,8 +240,10 @@ class ImapDoor:
                 conn = _Connection(self, reader, writer, source, port, tunnel_user)
                 await conn.run()
         except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                writer.write(b"* BYE Server shutting down.\r\n")
+            # After login the relay says BYE itself (through COMPRESS, if the client started it).
+            if conn is None or not conn.relaying:
+                with contextlib.suppress(Exception):
+                    writer.write(b"* BYE Server shutting down.\r\n")
             raise
         except (ConnectionError, ssl.SSLError, OSError):
             pass  # the client went away; nothing to tell it
@@ -284,6 +287,7 @@ class _Connection:
             max_failures=door.settings.max_login_failures,
         )
         self.deadline = time.monotonic() + door.settings.login_grace_seconds
+        self.relaying = False  # logged in: the relay owns the client's stream
         # The profile named by the login's suffix (`alice#phs`), once the login has succeeded.
         self.login_profile: str | None = None
 
@@ -295,6 +299,7 @@ class _Connection:
         except Disconnect as exc:
             log.debug("imap connection from %s ended before login: %s", self.source, exc)
             return
+        self.relaying = True
         await self._relay(upstream, user, device)
 
     # -- before login
