@@ -21,7 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from roamgate.gateway.compress import DeflateWriter, InflateReader
-from roamgate.gateway.lean_cache import MAX_ITEM, CacheKey, LeanCache
+from roamgate.gateway.lean_cache import (
+    IMMUTABLE_ITEMS,
+    MAX_ITEM,
+    CachedMessage,
+    CacheKey,
+    LeanCache,
+)
 from roamgate.gateway.lean_fetch import LeanFetch
 from roamgate.gateway.streams import Reader, Writer
 from roamgate.gateway.upstream import READ_SIZE, UpstreamImap
@@ -409,27 +415,41 @@ class ImapRelay:
         await self._flush_up()
         await self._wait_until(lambda: self._outstanding <= {tag})
         cached = self._cached_renditions(plan)
-        if cached and self._only_lean(plan):
+        if cached and self._answerable(plan, cached):
             await self._answer_from_cache(plan, cached)
             return
-        self._plan, self._plan_cached = plan, cached or {}
+        self._plan = plan
+        self._plan_cached = {uid: m.rendition for uid, m in (cached or {}).items()}
         for event in command_events(plan.from_cache if cached else plan.upstream):
             self._write_up(event)
         await self._flush_up()
         await self._wait_until(lambda: tag not in self._outstanding)
 
     @staticmethod
-    def _only_lean(plan: FetchPlan) -> bool:
-        """The client asked for lean items (and UIDs) only: nothing the upstream must say."""
+    def _other_items(plan: FetchPlan) -> list[bytes] | None:
+        """The upper-case names of the items besides the lean ones and UID (None: not atoms)."""
         args = plan.from_cache.args
-        if plan.seen or len(args) != 2 or not isinstance(args[1], ValueList):
-            return False
-        return all(isinstance(i, Atom) and i.value.upper() == b"UID" for i in args[1].items)
+        if len(args) != 2 or not isinstance(args[1], ValueList):
+            return None  # CHANGEDSINCE and the like: the upstream answers
+        names = []
+        for item in args[1].items:
+            if not isinstance(item, Atom):
+                return None
+            if item.value.upper() != b"UID":
+                names.append(item.value.upper())
+        return names
 
-    async def _answer_from_cache(self, plan: FetchPlan, cached: dict[int, bytes]) -> None:
-        """Header fetches answered without the upstream: sizes, headers and texts are cached,
-        and the answer is what the upstream's own (UID only) would have become."""
+    def _answerable(self, plan: FetchPlan, cached: dict[int, CachedMessage]) -> bool:
+        """Nothing the upstream must say: lean items, UIDs and cached immutable items only."""
+        names = self._other_items(plan)
+        if plan.seen or names is None:
+            return False
+        return all(name in m.items for name in names for m in cached.values())
+
+    async def _answer_from_cache(self, plan: FetchPlan, cached: dict[int, CachedMessage]) -> None:
+        """Header fetches answered without the upstream, as its answer would have become."""
         tag = plan.upstream.tag
+        names = self._other_items(plan) or []
         seqs = {uid: n for n, uid in enumerate(self._uids, 1) if uid in cached}
         async with self._client_lock:
             for uid, seq in sorted(seqs.items(), key=lambda pair: pair[1]):
@@ -440,17 +460,20 @@ class ImapRelay:
                     self.profile,
                     profile_name=self.profile_name,
                     original_login=self.original_login,
-                    keep_uid=plan.keep_uid,
-                    cached=cached,
                 )
                 self._write_client(start)
-                for event in (LIST_START, Atom(b"UID"), Number(uid), LIST_END):
-                    for out in lean.push(event):
-                        self._write_client(out)
-                for out in lean.tail_events():
+                self._write_client(LIST_START)
+                if plan.keep_uid:
+                    self._write_client(Atom(b"UID"))
+                    self._write_client(Number(uid))
+                for name in names:
+                    self._write_client(Atom(name))
+                    self._client_buf += b" " + cached[uid].items[name]
+                for out in lean.items_from(cached[uid].rendition):
                     self._write_client(out)
                     if len(self._client_buf) >= _FLUSH_AT:
                         await self._flush_client()
+                self._write_client(LIST_END)
                 self._write_client(LINE_END)
                 lean.close()
                 self.cache_hits += 1
@@ -467,7 +490,7 @@ class ImapRelay:
         self._mailbox, self._uidvalidity, self._uids = None, None, []
         self._selecting = None
 
-    def _cached_renditions(self, plan: FetchPlan) -> dict[int, bytes] | None:
+    def _cached_renditions(self, plan: FetchPlan) -> dict[int, CachedMessage] | None:
         """Every rendition the plan needs, by UID, if the cache has them all (else None)."""
         if self.cache is None or self._mailbox is None or self._uidvalidity is None:
             return None
@@ -483,12 +506,12 @@ class ImapRelay:
             if seqs is None:
                 return None
             uids = [known[n - 1] for n in seqs]
-        found: dict[int, bytes] = {}
+        found: dict[int, CachedMessage] = {}
         for uid in uids:
-            data = self.cache.get(self._key(uid))
-            if data is None:
+            entry = self.cache.get(self._key(uid))
+            if entry is None:
                 return None
-            found[uid] = data
+            found[uid] = entry
         return found or None
 
     def _observe(self, event: Event) -> None:
@@ -539,7 +562,10 @@ class ImapRelay:
         first = max(1, n - min(self.profile.prefetch_depth, _PREFETCH_MAX) + 1)
         tag = self.up.next_tag()
         self._prefetch_tag = tag
-        self.up.writer.write(tag + b" FETCH %d:%d (UID BODY.PEEK[])\r\n" % (first, n))
+        self.up.writer.write(
+            tag
+            + b" FETCH %d:%d (UID INTERNALDATE ENVELOPE BODYSTRUCTURE BODY.PEEK[])\r\n" % (first, n)
+        )
         await self.up.writer.drain()
         await self._wait_until(lambda: self._prefetch_tag is None)
         log.debug("prefetched %d renditions of %d:%d", self.prefetched, first, n)
@@ -868,6 +894,7 @@ class ImapRelay:
             keep_uid=plan.keep_uid if plan is not None else False,
             cached=self._plan_cached if plan is not None else None,
             silent=plan is None,
+            record=IMMUTABLE_ITEMS,
         )
 
     def _end_lean(self) -> bool:
@@ -889,7 +916,7 @@ class ImapRelay:
                 and self._uidvalidity is not None
             ):
                 if lean.size <= MAX_ITEM:
-                    self.cache.put(self._key(uid), lean.rendition())
+                    self.cache.put(self._key(uid), lean.rendition(), lean.recorded_items())
                 self.prefetched += lean.silent
             if lean.report is not None and not lean.silent:
                 self.lean_messages += 1

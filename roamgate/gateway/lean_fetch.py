@@ -29,6 +29,7 @@ from roamgate.imap.events import (
 )
 from roamgate.imap.fetch_plan import LeanItem, header_length, item_range
 from roamgate.imap.fetch_response import Action, BodyChunk, BodyEnd, FetchSplitter, ListClosed
+from roamgate.imap.serialize import serialize_events
 from roamgate.mime.lean import HEADER_CAP, LeanRenderer, LeanReport
 from roamgate.profiles import LinkProfile
 
@@ -50,12 +51,13 @@ class LeanFetch:
         keep_uid: bool = True,
         cached: Mapping[int, bytes] | None = None,
         silent: bool = False,
+        record: frozenset[bytes] = frozenset(),
     ) -> None:
         self.start = start
         self.seq = start.number
         self.items = items
         self.silent = silent
-        self.splitter = FetchSplitter(keep_uid=keep_uid)
+        self.splitter = FetchSplitter(keep_uid=keep_uid, record=record)
         self._cached = cached or {}
         self._renderer = LeanRenderer(
             profile, profile_name=profile_name, original_login=original_login
@@ -148,6 +150,17 @@ class LeanFetch:
                 left -= len(chunk)
                 yield LiteralChunk(chunk)
             yield LITERAL_END
+
+    def items_from(self, rendition: bytes) -> Iterator[Event]:
+        """The lean items of a rendition from the cache (the response is the proxy's own)."""
+        self._write(rendition)
+        self.splitter.captured = True
+        self.from_cache = True
+        return self._lean_items()
+
+    def recorded_items(self) -> dict[bytes, bytes]:
+        """The recorded items' values as the upstream wrote them (for the cache)."""
+        return {name: serialize_events(events) for name, events in self.splitter.recorded.items()}
 
     def rendition(self) -> bytes:
         """The whole rendition (for the cache; callers check `size` first)."""

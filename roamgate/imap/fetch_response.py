@@ -71,8 +71,12 @@ def _is_seen_item(held: list[Event]) -> bool:
 class FetchSplitter:
     """One response's item list: item names and values alternate at depth 1."""
 
-    def __init__(self, *, keep_uid: bool = True) -> None:
+    def __init__(self, *, keep_uid: bool = True, record: frozenset[bytes] = frozenset()) -> None:
         self.keep_uid = keep_uid
+        # The values of these items (upper-case names) are also kept, as events, for the cache.
+        self.record = record
+        self.recorded: dict[bytes, list[Event]] = {}
+        self._recording: bytes | None = None
         self.depth = 0
         self.expect_name = True
         self.uid: int | None = None
@@ -102,7 +106,12 @@ class FetchSplitter:
             self._uid_next = False
             if isinstance(event, Number):
                 self.uid = event.value
-        return self._value(event)
+        out = self._value(event)
+        if self._recording is not None:
+            self.recorded[self._recording].append(event)
+            if self.expect_name:
+                self._recording = None
+        return out
 
     def _name(self, event: Event) -> list[Action]:
         if isinstance(event, SectionStart):
@@ -112,6 +121,9 @@ class FetchSplitter:
             self.depth = 0
             return [ListClosed()]
         self.expect_name = not isinstance(event, Atom)
+        if isinstance(event, Atom) and event.value.upper() in self.record:
+            self._recording = event.value.upper()
+            self.recorded[self._recording] = []
         if isinstance(event, Atom) and event.value.upper() == b"UID":
             if not self.keep_uid:
                 self._skip = 1

@@ -12,6 +12,8 @@ import email.policy
 import imaplib
 import re
 import shutil
+import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,6 +24,10 @@ import pytest
 
 from roamgate.demo.dovecot import PrivateDovecot
 from roamgate.demo.mailbox import smime_signer_certificate_pem
+from roamgate.imap.assemble import Assembler
+from roamgate.imap.events import NEED_DATA, Atom
+from roamgate.imap.response_parser import ResponseParser
+from roamgate.imap.values import Response, Value, ValueList
 from roamgate.mime.lean import LeanRenderer
 from roamgate.profiles import BUILTIN_PROFILES
 from tests.gateway.conftest import PASSWORDS, Gateway, read_line, read_until_tagged
@@ -379,3 +385,57 @@ def test_header_fetches_after_select_are_answered_from_the_cache(
             assert rendition.startswith(header) and header.endswith(b"\r\n\r\n")
     finally:
         sock.close()
+
+
+def fetch_items(raw: bytes) -> dict[int, dict[bytes, Value]]:
+    """Untagged FETCH responses parsed by the codec: sequence number -> item name -> value."""
+    parser, assembler = ResponseParser(), Assembler(max_literal_total=1 << 24)
+    parser.receive_data(raw)
+    out: dict[int, dict[bytes, Value]] = {}
+    while (event := parser.next_event()) is not NEED_DATA:
+        item = assembler.push(event)  # type: ignore[arg-type]
+        if isinstance(item, Response) and item.verb == "FETCH" and item.number is not None:
+            (listed,) = item.args
+            assert isinstance(listed, ValueList)
+            pairs = listed.items
+            names = [p.value.upper() if isinstance(p, Atom) else b"?" for p in pairs[::2]]
+            out[item.number] = dict(zip(names, pairs[1::2], strict=True))
+    return out
+
+
+def test_envelope_and_structure_of_prefetched_messages_come_from_the_cache_as_stored(
+    gateway: Gateway, dovecot: PrivateDovecot
+) -> None:
+    items = b"(UID ENVELOPE BODYSTRUCTURE INTERNALDATE RFC822.SIZE)"
+
+    def ask(sock: ssl.SSLSocket | socket.socket, tag: bytes, line: bytes) -> bytes:
+        sock.sendall(tag + b" " + line + b"\r\n")
+        answer = b""
+        while b"\r\n" + tag + b" " not in b"\r\n" + answer or not answer.endswith(b"\r\n"):
+            chunk = sock.recv(65536)
+            assert chunk
+            answer += chunk
+        return answer
+
+    sock = gateway.raw()
+    direct = socket.create_connection(("127.0.0.1", dovecot.imaps_port), timeout=30)
+    direct = dovecot.client_context().wrap_socket(direct, server_hostname="127.0.0.1")
+    try:
+        password = PASSWORDS["bob"] + gateway.code("bob")
+        assert b"a1 OK" in ask(sock, b"a1", b'LOGIN "bob#phs" "' + password.encode() + b'"')
+        exists = int(re.search(rb"\* (\d+) EXISTS", ask(sock, b"a2", b"EXAMINE INBOX")).group(1))  # type: ignore[union-attr]
+        answer = ask(sock, b"a3", b"FETCH %d:%d %s" % (exists - 3, exists, items))
+        assert b"a3 OK Fetch completed (from the gateway's cache)." in answer
+        read_line(direct)
+        assert b"d1 OK" in ask(direct, b"d1", b'LOGIN bob "' + PASSWORDS["bob"].encode() + b'"')
+        ask(direct, b"d2", b"EXAMINE INBOX")
+        stored = ask(direct, b"d3", b"FETCH %d:%d %s" % (exists - 3, exists, items))
+        mine, theirs = fetch_items(answer), fetch_items(stored)
+        assert sorted(mine) == sorted(theirs) == list(range(exists - 3, exists + 1))
+        # Every immutable item is the mail server's, message by message.
+        for seq in mine:
+            for name in (b"UID", b"ENVELOPE", b"BODYSTRUCTURE", b"INTERNALDATE"):
+                assert mine[seq][name] == theirs[seq][name], (seq, name)
+    finally:
+        sock.close()
+        direct.close()

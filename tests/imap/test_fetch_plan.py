@@ -143,7 +143,13 @@ def test_the_cache_is_bounded_and_forgets_a_recreated_mailbox() -> None:
         cache.put(("bob", "phs", "INBOX", 1, uid), bytes(30))
     assert cache.bytes <= 100 and len(cache) == 3
     assert cache.get(("bob", "phs", "INBOX", 1, 1)) is None
-    assert cache.get(("bob", "phs", "INBOX", 1, 5)) == bytes(30)
+    entry = cache.get(("bob", "phs", "INBOX", 1, 5))
+    assert entry is not None and entry.rendition == bytes(30)
+    # A later FETCH that brought fewer items keeps the ones the entry had.
+    cache.put(("bob", "phs", "INBOX", 1, 5), bytes(30), {b"ENVELOPE": b"NIL"})
+    cache.put(("bob", "phs", "INBOX", 1, 5), bytes(30), {b"BODYSTRUCTURE": b"NIL"})
+    entry = cache.get(("bob", "phs", "INBOX", 1, 5))
+    assert entry is not None and set(entry.items) == {b"ENVELOPE", b"BODYSTRUCTURE"}
     cache.drop_mailbox("bob", "INBOX", keep_uidvalidity=2)
     assert len(cache) == 0 and cache.bytes == 0
     cache.put(("bob", "phs", "INBOX", 1, 1), bytes(300_000))  # over MAX_ITEM: not kept
