@@ -413,6 +413,10 @@ class ImapRelay:
             return
         tag = plan.upstream.tag
         await self._flush_up()
+        if self._prefetch_due:
+            # The first FETCH after a SELECT came before the prefetch could start: the prefetch
+            # goes first, as it covers what such a FETCH usually asks (the newest headers).
+            await self._prefetch(pending=tag)
         await self._wait_until(lambda: self._outstanding <= {tag})
         cached = self._cached_renditions(plan)
         if cached and self._answerable(plan, cached):
@@ -552,10 +556,13 @@ class ImapRelay:
             self._prefetch_due = True
             self._wake.set()
 
-    async def _prefetch(self) -> None:
-        """The newest messages' renditions into the cache, before the client's next command."""
+    async def _prefetch(self, pending: bytes | None = None) -> None:
+        """The newest messages' renditions into the cache, before the client's next command.
+
+        pending: the tag of a client command read but not yet sent (it waits for this).
+        """
         self._prefetch_due = False
-        await self._wait_until(lambda: not self._outstanding)
+        await self._wait_until(lambda: self._outstanding <= {pending} - {None})
         if self.cache is None or self._mailbox is None or not self._uids:
             return
         n = len(self._uids)
