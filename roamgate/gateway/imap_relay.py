@@ -413,11 +413,11 @@ class ImapRelay:
             return
         tag = plan.upstream.tag
         await self._flush_up()
-        if self._prefetch_due:
-            # The first FETCH after a SELECT came before the prefetch could start: the prefetch
-            # goes first, as it covers what such a FETCH usually asks (the newest headers).
-            await self._prefetch(pending=tag)
         await self._wait_until(lambda: self._outstanding <= {tag})
+        if self._prefetch_due:
+            # The first FETCH after a SELECT came before the prefetch could start (or with the
+            # SELECT): the prefetch goes first, as it covers what such a FETCH usually asks.
+            await self._prefetch(pending=tag)
         cached = self._cached_renditions(plan)
         if cached and self._answerable(plan, cached):
             await self._answer_from_cache(plan, cached)
