@@ -56,6 +56,15 @@ def login(gateway: Gateway, name: str) -> imaplib.IMAP4_SSL:
     return client
 
 
+def raw_phs(gateway: Gateway) -> ssl.SSLSocket | socket.socket:
+    """A raw TLS socket logged in as bob#phs (tag a1), for byte-exact transcripts."""
+    sock = gateway.raw()
+    password = PASSWORDS["bob"] + gateway.code("bob")
+    sock.sendall(b'a1 LOGIN "bob#phs" "' + password.encode() + b'"\r\n')
+    assert read_until_tagged(sock, b"a1")[-1].startswith(b"a1 OK")
+    return sock
+
+
 @pytest.fixture
 def phs(gateway: Gateway) -> Iterator[imaplib.IMAP4_SSL]:
     client = login(gateway, "bob#phs")
@@ -202,12 +211,8 @@ def test_seen_is_set_by_rfc822_and_not_by_peek(gateway: Gateway) -> None:
 
 
 def test_pipelined_fetches_each_get_their_own_answers(gateway: Gateway) -> None:
-    sock = gateway.raw()
+    sock = raw_phs(gateway)
     try:
-        code = gateway.code("bob")
-        password = PASSWORDS["bob"] + code
-        sock.sendall(b'a1 LOGIN "bob#phs" "' + password.encode() + b'"\r\n')
-        assert read_until_tagged(sock, b"a1")[-1].startswith(b"a1 OK")
         sock.sendall(
             b"a2 EXAMINE INBOX\r\n"
             b"a3 FETCH 1:3 (FLAGS RFC822.SIZE)\r\n"
@@ -241,11 +246,8 @@ def test_pipelined_fetches_each_get_their_own_answers(gateway: Gateway) -> None:
 def test_a_bad_command_after_a_good_one_in_the_same_packet_drops_only_itself(
     gateway: Gateway,
 ) -> None:
-    sock = gateway.raw()
+    sock = raw_phs(gateway)
     try:
-        password = PASSWORDS["bob"] + gateway.code("bob")
-        sock.sendall(b'a1 LOGIN "bob#phs" "' + password.encode() + b'"\r\n')
-        assert read_until_tagged(sock, b"a1")[-1].startswith(b"a1 OK")
         sock.sendall(b"a2 NOOP\r\na3 FETCH 1 (BODY[\r\na4 NOOP\r\n")
         lines = read_until_tagged(sock, b"a4")
         text = b"".join(lines)
@@ -358,11 +360,8 @@ def test_sequence_numbers_follow_expunges_and_new_mail(
 def test_header_fetches_after_select_are_answered_from_the_cache(
     gateway: Gateway, direct: imaplib.IMAP4_SSL
 ) -> None:
-    sock = gateway.raw()
+    sock = raw_phs(gateway)
     try:
-        password = PASSWORDS["bob"] + gateway.code("bob")
-        sock.sendall(b'a1 LOGIN "bob#phs" "' + password.encode() + b'"\r\n')
-        assert read_until_tagged(sock, b"a1")[-1].startswith(b"a1 OK")
         sock.sendall(b"a2 EXAMINE INBOX\r\n")
         lines = read_until_tagged(sock, b"a2")
         exists = int(re.search(rb"\* (\d+) EXISTS", b"".join(lines)).group(1))  # type: ignore[union-attr]
@@ -417,12 +416,10 @@ def test_envelope_and_structure_of_prefetched_messages_come_from_the_cache_as_st
             answer += chunk
         return answer
 
-    sock = gateway.raw()
+    sock = raw_phs(gateway)
     direct = socket.create_connection(("127.0.0.1", dovecot.imaps_port), timeout=30)
     direct = dovecot.client_context().wrap_socket(direct, server_hostname="127.0.0.1")
     try:
-        password = PASSWORDS["bob"] + gateway.code("bob")
-        assert b"a1 OK" in ask(sock, b"a1", b'LOGIN "bob#phs" "' + password.encode() + b'"')
         exists = int(re.search(rb"\* (\d+) EXISTS", ask(sock, b"a2", b"EXAMINE INBOX")).group(1))  # type: ignore[union-attr]
         answer = ask(sock, b"a3", b"FETCH %d:%d %s" % (exists - 3, exists, items))
         assert b"a3 OK Fetch completed (from the gateway's cache)." in answer
