@@ -166,6 +166,8 @@ class SlowLink:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._pipes: set[_Pipe] = set()
+        self._stopping = False
+        self.last_accept = 0.0  # time.monotonic() of the newest connection through the link
 
     @property
     def bytes_up(self) -> int:
@@ -187,12 +189,15 @@ class SlowLink:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
+        """Close the listener and every connection still open (quietly: see `_accept`)."""
+        self._stopping = True
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.sleep(0)  # the closed transports' connection_lost callbacks run
 
     async def __aenter__(self) -> SlowLink:
         await self.start()
@@ -212,15 +217,38 @@ class SlowLink:
         self._last_speaker = who
 
     async def _accept(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
+        """One connection's relay; the task asyncio.start_server made for it.
+
+        stop() cancels this task. It must then end quietly rather than cancelled: Python 3.11's
+        StreamReaderProtocol calls task.exception() on the finished task, which raises (and
+        logs a traceback for) CancelledError.
+        """
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        self.last_accept = time.monotonic()
+        writers = [c_writer]
+        try:
+            await self._relay(c_reader, c_writer, writers)
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise  # not ours: let whoever cancelled see it
+        finally:
+            for w in writers:
+                w.close()
+            self._tasks.discard(task)
+
+    async def _relay(
+        self,
+        c_reader: asyncio.StreamReader,
+        c_writer: asyncio.StreamWriter,
+        writers: list[asyncio.StreamWriter],
+    ) -> None:
         try:
             s_reader, s_writer = await asyncio.open_connection(*self.target)
         except OSError:
-            c_writer.close()
-            self._tasks.discard(task)
             return
+        writers.append(s_writer)
         self.connections += 1
         # The TCP handshake would cost a round trip on the real line: the client's first
         # bytes wait in its socket buffer meanwhile, and the greeting comes that much later.
@@ -239,10 +267,7 @@ class SlowLink:
         except* (OSError, asyncio.IncompleteReadError):
             pass  # a reset on either side ends the connection, as it would on a real line
         finally:
-            for w in (c_writer, s_writer):
-                w.close()
             self._pipes.difference_update(pipes)
-            self._tasks.discard(task)
 
 
 @contextlib.contextmanager

@@ -93,3 +93,24 @@ async def test_a_fast_sender_is_paused_instead_of_buffered() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_stopping_with_connections_open_logs_nothing(echo_port: int) -> None:
+    loop = asyncio.get_running_loop()
+    logged: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: logged.append(context))
+    try:
+        link = SlowLink("127.0.0.1", echo_port, rate_bps=8_000, delay_s=0.05)
+        await link.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", link.port)
+        writer.write(b"x" * 4000)  # four seconds of line: segments still queued at stop()
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        assert link.queued_bytes > 0
+        await asyncio.wait_for(link.stop(), 5)
+        assert await asyncio.wait_for(reader.read(), 5) == b"x" * (link.bytes_down)
+        writer.close()
+        await asyncio.sleep(0.05)  # any done-callback of the cancelled relay would run by now
+    finally:
+        loop.set_exception_handler(None)
+    assert logged == []
