@@ -161,6 +161,10 @@ def item_range(item: LeanItem, size: int, header_len: int) -> tuple[int, int]:
 
 def header_length(head: bytes) -> int:
     """The length of the header block (blank line included) at the start of a message."""
+    if head.startswith(b"\r\n"):
+        return 2  # no header fields at all (a rendition whose fields were all trace noise)
+    if head.startswith(b"\n"):
+        return 1
     end = head.find(b"\r\n\r\n")
     if end >= 0:
         return end + 4

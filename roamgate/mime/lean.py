@@ -17,8 +17,9 @@ Rules (tests/mime checks each):
    stub threshold reach the output whole.
 3. The output is valid MIME with CRLF line ends; section numbers in markers and stubs are the
    stored message's, so `BODY[n]` fetches the real part.
-4. Input that does not parse as MIME is never an error: past a broken header or too deep a
-   nesting the rest of the input is copied as it is.
+4. Input that does not parse as MIME is never an error: past a broken or oversized header the
+   rest of the input is copied as it is; a multipart nested deeper than MAX_DEPTH is treated
+   as one attachment (a stub, or whole if small).
 """
 
 from __future__ import annotations
@@ -410,10 +411,23 @@ class LeanRenderer:
 
     def _end_header(self) -> None:
         header = bytes(self._header)
+        try:
+            self._start_part(header)
+        except Exception:  # noqa: BLE001 - rule 4: a header the email package chokes on
+            self._header[:] = header
+            self._give_up()
+
+    def _start_part(self, header: bytes) -> None:
         self._header.clear()
         self._mode = _Mode.BODY
         top = not self._stack and self._section == ""
         parent = self._stack[-1] if self._stack else None
+        if parent is not None and parent.subtype == "alternative" and parent.kept_text:
+            # The plain text of this alternative is in the output already: every later
+            # alternative goes, whatever it holds (an HTML part with its inline images).
+            self.report.dropped.append(self._section)
+            self._consumer = _Skip()
+            return
         msg = _parse_header(header)
         default = "message/rfc822" if parent is not None and parent.subtype == "digest" else None
         ctype = msg.get_content_type() if msg.get("Content-Type") or default is None else default
@@ -431,12 +445,14 @@ class LeanRenderer:
             return
         boundary = msg.get_param("boundary") if ctype.startswith("multipart/") else None
         if isinstance(boundary, str) and boundary and len(self._stack) < MAX_DEPTH:
+            # The header was read as ASCII with surrogate escapes: these are its own bytes.
+            raw_boundary = boundary.encode("ascii", "surrogateescape")
             self._open(parent)
             self._emit(self._top_header(header) if top else header)
             self._top_multipart = self._top_multipart or top
             subtype = ctype.split("/", 1)[1]
             self._stack.append(
-                _Multipart(boundary.encode("ascii", "replace"), subtype, self._section)
+                _Multipart(raw_boundary, subtype, self._section)
             )
             self._consumer = _Skip()  # the preamble
             return
@@ -448,18 +464,14 @@ class LeanRenderer:
             header=header,
             ctype=ctype,
             charset=charset,
-            cte=(msg.get("Content-Transfer-Encoding") or "7bit").strip().lower(),
+            # str(): a field with 8-bit bytes comes back as an email.header.Header object.
+            cte=str(msg.get("Content-Transfer-Encoding") or "7bit").strip().lower(),
             filename=filename if isinstance(filename, str) else None,
             attachment=disposition == "attachment"
             or (filename is not None and disposition != "inline"),
             top=top,
             parent=parent,
         )
-        if parent is not None and parent.subtype == "alternative" and parent.kept_text:
-            # The plain text of this alternative is in the output already.
-            self.report.dropped.append(section)
-            self._consumer = _Skip()
-            return
         if ctype.startswith("text/") and not info.attachment and self._budget > 0:
             if parent is not None and parent.subtype == "alternative" and ctype == "text/plain":
                 parent.kept_text = True
@@ -593,6 +605,8 @@ class LeanRenderer:
     def _give_up(self) -> None:
         """Rule 4: copy the rest as it is (what was read of the current part first)."""
         self.report.copied_rest = True
+        if self._stack:
+            self._open(self._stack[-1])  # the held header is a part's: it keeps its delimiter
         self._emit(bytes(self._header))
         self._header.clear()
         self._mode = _Mode.RAW

@@ -8,7 +8,7 @@ from roamgate.gateway.lean_cache import LeanCache
 from roamgate.imap.assemble import Assembler
 from roamgate.imap.command_parser import CommandParser
 from roamgate.imap.events import LIST_END, NEED_DATA, Event, LineEnd, ResponseStart
-from roamgate.imap.fetch_plan import LeanItem, item_range, plan_fetch
+from roamgate.imap.fetch_plan import LeanItem, header_length, item_range, plan_fetch
 from roamgate.imap.fetch_response import BodyChunk, BodyEnd, FetchSplitter, ListClosed
 from roamgate.imap.response_parser import ResponseParser
 from roamgate.imap.sequence_set import parse_sequence_set
@@ -154,3 +154,9 @@ def test_the_cache_is_bounded_and_forgets_a_recreated_mailbox() -> None:
     assert len(cache) == 0 and cache.bytes == 0
     cache.put(("bob", "phs", "INBOX", 1, 1), bytes(300_000))  # over MAX_ITEM: not kept
     assert len(cache) == 0
+
+
+def test_a_rendition_without_header_fields_has_a_two_byte_header() -> None:
+    assert header_length(b"\r\npara1\r\n\r\npara2\r\n") == 2
+    assert header_length(b"From: a\r\n\r\nbody") == 11
+    assert header_length(b"From: a\r\n") == 9  # a header and no body

@@ -354,3 +354,50 @@ def test_mime_shaped_garbage_never_raises(lines: list[bytes]) -> None:
     r = LeanRenderer(PHS, profile_name="x")
     out = r.feed(b"".join(lines)) + r.close()
     assert isinstance(out, bytes)
+
+
+def test_an_8bit_byte_in_a_content_field_is_no_crash() -> None:
+    original = (
+        b"From: a@kestrel.example\r\nContent-Type: text/plain\r\n"
+        b"Content-Transfer-Encoding: 8bit\xe9\r\n\r\nhello\r\n"
+    )
+    out, _ = render(original)
+    assert out.endswith(b"\r\n\r\nhello\r\n")
+
+
+def test_a_non_ascii_boundary_still_separates_the_parts() -> None:
+    original = (
+        b'From: a@kestrel.example\r\nContent-Type: multipart/mixed; boundary="b\xe9"\r\n\r\n'
+        b"--b\xe9\r\nContent-Type: text/plain\r\n\r\nhello part\r\n--b\xe9--\r\n"
+    )
+    out, _ = render(original)
+    assert b"hello part" in out
+
+
+def test_an_oversized_part_header_keeps_its_delimiter() -> None:
+    pad = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"y" * 200) for i in range(400))
+    original = (
+        b'From: a@kestrel.example\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
+        b"--b\r\nContent-Type: text/plain\r\n\r\npart one\r\n"
+        b"--b\r\nContent-Type: text/plain\r\n" + pad + b"\r\npart two\r\n--b--\r\n"
+    )
+    out, r = render(original)
+    assert r.report.copied_rest
+    leaves = [p for p in parse(out).walk() if not p.is_multipart()]
+    assert [payload(p).strip() for p in leaves] == [b"part one", b"part two"]
+
+
+def test_every_later_alternative_goes_once_the_plain_text_is_kept() -> None:
+    image = b"iVBORw0KGgo" + b"A" * 12_000
+    original = (
+        b'From: a@kestrel.example\r\nMIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary="a"\r\n\r\n'
+        b"--a\r\nContent-Type: text/plain\r\n\r\nplain words\r\n"
+        b'--a\r\nContent-Type: multipart/related; boundary="r"\r\n\r\n'
+        b"--r\r\nContent-Type: text/html\r\n\r\n<p>html words</p>\r\n"
+        b"--r\r\nContent-Type: image/png\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        + image
+        + b"\r\n--r--\r\n--a--\r\n"
+    )
+    out, r = render(original, BUILTIN_PROFILES["isdn"])
+    assert r.report.dropped == ["2"]
+    assert b"plain words" in out and b"html words" not in out and len(out) < 500
