@@ -258,6 +258,20 @@ class LeanRenderer:
         if self._closed:
             raise RuntimeError("feed() after close()")
         self.report.input_bytes += len(data)
+        try:
+            return self._feed(data)
+        except Exception:  # noqa: BLE001 - rule 4, a last net: never fail the session
+            return self._copy_rest()
+
+    def _copy_rest(self) -> bytes:
+        """After an unexpected error: what is buffered, then everything else, as it is."""
+        self.report.copied_rest = True
+        self._emit(bytes(self._line))
+        self._line.clear()
+        self._mode = _Mode.RAW
+        return self._take()
+
+    def _feed(self, data: bytes) -> bytes:
         if self._mode is _Mode.RAW:
             self._emit(data)
             return self._take()
@@ -286,6 +300,12 @@ class LeanRenderer:
         """The stored message is complete: return the rest of the rendition."""
         if self._closed:
             return b""
+        try:
+            return self._close()
+        except Exception:  # noqa: BLE001 - rule 4, a last net: never fail the session
+            return self._copy_rest()
+
+    def _close(self) -> bytes:
         self._closed = True
         if self._mode is _Mode.RAW:
             self._emit(bytes(self._line))
