@@ -61,7 +61,7 @@ from roamgate.imap.events import (
     Text,
 )
 from roamgate.imap.fetch_plan import FetchPlan, plan_fetch
-from roamgate.imap.sequence_set import parse_sequence_set
+from roamgate.imap.sequence_set import SequenceSet, parse_sequence_set
 from roamgate.imap.serialize import EventWriter, command_events, error_reply
 from roamgate.imap.values import Command, ValueList, astring
 from roamgate.profiles import BUILTIN_PROFILES, DEFAULT_PROFILE, LinkProfile
@@ -174,6 +174,7 @@ class ImapRelay:
         # while the slow client is still reading the SELECT's answer.
         self._prefetch_due = False
         self._prefetch_tag: bytes | None = None
+        self._prefetch_probe = False  # the proxy's FETCH asks for UIDs only
         self._wake = asyncio.Event()  # wakes the client pump for a prefetch
         self._read_task: asyncio.Future[bytes] | None = None
 
@@ -308,7 +309,13 @@ class ImapRelay:
                 if isinstance(event, ProtocolError):
                     collecting = None  # nothing of the line went upstream
                 elif isinstance(event, LiteralStart | RawLine | ConnectionClosed):
-                    # Not a plain FETCH line: relay it the usual way from here on.
+                    # Not a plain line (a literal): relay it the usual way from here on. A
+                    # SELECT written so names a mailbox the cache will not follow.
+                    if isinstance(collecting[0], CommandStart) and collecting[0].verb in (
+                        "SELECT",
+                        "EXAMINE",
+                    ):
+                        self._forget_mailbox()
                     for held in collecting:
                         self._write_up(held)
                     collecting = None
@@ -499,17 +506,23 @@ class ImapRelay:
         if self.cache is None or self._mailbox is None or self._uidvalidity is None:
             return None
         wanted = parse_sequence_set(plan.message_set)
-        if wanted is None or not self._uids or any(u is None for u in self._uids):
+        count = len(self._uids)
+        if wanted is None or not count:
             return None
-        known = [u for u in self._uids if u is not None]
         if plan.uid_command:
-            resolved = wanted.resolve(max(known))
-            uids = [u for u in known if u in resolved]
+            uids = self._uids_in(wanted)
+            if uids is None:
+                return None
         else:
-            seqs = wanted.members(len(known), _PREFETCH_MAX)
+            if any(max(lo, hi) > count for lo, hi in wanted.ranges):
+                return None  # a number past EXISTS: the server's BAD, not ours
+            seqs = wanted.members(count, _PREFETCH_MAX)
             if seqs is None:
                 return None
-            uids = [known[n - 1] for n in seqs]
+            found_uids = [self._uids[n - 1] for n in seqs]
+            if any(u is None for u in found_uids):
+                return None
+            uids = [u for u in found_uids if u is not None]
         found: dict[int, CachedMessage] = {}
         for uid in uids:
             entry = self.cache.get(self._key(uid))
@@ -518,10 +531,39 @@ class ImapRelay:
             found[uid] = entry
         return found or None
 
+    def _uids_in(self, wanted: SequenceSet) -> list[int] | None:
+        """The UIDs of the mailbox in a UID set, or None if an unknown UID could be among them.
+
+        UIDs rise with sequence numbers, so an unknown one lies between its known neighbours.
+        """
+        last = self._uids[-1]
+        if last is None:
+            return None  # `*` and the top of the range are not known
+        resolved = wanted.resolve(last)
+        above = [last] * len(self._uids)  # the next known UID after each position
+        nearest = last
+        for n in range(len(self._uids) - 1, -1, -1):
+            above[n] = nearest
+            nearest = self._uids[n] or nearest
+        found: list[int] = []
+        below = 0  # the known UID before the current position
+        for n, uid in enumerate(self._uids):
+            if uid is not None:
+                below = uid
+                if uid in resolved:
+                    found.append(uid)
+            elif any(lo < above[n] and hi > below for lo, hi in resolved.ranges):
+                return None
+        return found
+
     def _observe(self, event: Event) -> None:
         """Follow the selected mailbox in what the upstream says (EXISTS, EXPUNGE, UIDVALIDITY)."""
         if isinstance(event, ResponseStart):
             self._code = None
+            if event.kind is ResponseKind.UNTAGGED and event.verb == "VANISHED":
+                # QRESYNC reports expunges by UID; rather than follow it, the cache stops
+                # answering for this mailbox until the next SELECT.
+                self._forget_mailbox()
             if event.kind is ResponseKind.UNTAGGED and event.number is not None:
                 verb = event.verb
                 if verb == "EXISTS":
@@ -567,15 +609,28 @@ class ImapRelay:
             return
         n = len(self._uids)
         first = max(1, n - min(self.profile.prefetch_depth, _PREFETCH_MAX) + 1)
+        # First the UIDs (a few bytes each), then the bodies of only those not cached yet: a
+        # mailbox opened again costs the upstream no second read of its newest messages.
+        await self._own_fetch(b"FETCH %d:%d (UID)" % (first, n), probe=True)
+        missing = [
+            uid
+            for uid in self._uids[first - 1 :]
+            if uid is not None and self.cache.get(self._key(uid)) is None
+        ]
+        if missing and self._mailbox is not None:
+            uid_set = b",".join(b"%d" % uid for uid in missing)
+            await self._own_fetch(
+                b"UID FETCH " + uid_set + b" (UID INTERNALDATE ENVELOPE BODYSTRUCTURE BODY.PEEK[])"
+            )
+        log.debug("prefetch of %d:%d: %d rendered", first, n, len(missing))
+
+    async def _own_fetch(self, command: bytes, *, probe: bool = False) -> None:
+        """A FETCH under the proxy's own tag whose answers go to the cache, not the client."""
         tag = self.up.next_tag()
-        self._prefetch_tag = tag
-        self.up.writer.write(
-            tag
-            + b" FETCH %d:%d (UID INTERNALDATE ENVELOPE BODYSTRUCTURE BODY.PEEK[])\r\n" % (first, n)
-        )
+        self._prefetch_tag, self._prefetch_probe = tag, probe
+        self.up.writer.write(tag + b" " + command + b"\r\n")
         await self.up.writer.drain()
         await self._wait_until(lambda: self._prefetch_tag is None)
-        log.debug("prefetched %d renditions of %d:%d", self.prefetched, first, n)
 
     async def _wait_until(self, done: Callable[[], bool]) -> None:
         while not done():
@@ -901,6 +956,7 @@ class ImapRelay:
             keep_uid=plan.keep_uid if plan is not None else False,
             cached=self._plan_cached if plan is not None else None,
             silent=plan is None,
+            probe=plan is None and self._prefetch_probe,
             record=IMMUTABLE_ITEMS,
         )
 
@@ -928,7 +984,7 @@ class ImapRelay:
             if lean.report is not None and not lean.silent:
                 self.lean_messages += 1
                 self.lean_bytes_saved += lean.report.input_bytes - lean.report.output_bytes
-            return lean.silent and not lean.splitter.captured
+            return lean.silent and not lean.ours
         finally:
             lean.close()
 

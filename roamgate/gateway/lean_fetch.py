@@ -22,6 +22,7 @@ from roamgate.imap.events import (
     NIL,
     Atom,
     Event,
+    ListStart,
     LiteralChunk,
     LiteralStart,
     Number,
@@ -51,12 +52,14 @@ class LeanFetch:
         keep_uid: bool = True,
         cached: Mapping[int, bytes] | None = None,
         silent: bool = False,
+        probe: bool = False,
         record: frozenset[bytes] = frozenset(),
     ) -> None:
         self.start = start
         self.seq = start.number
         self.items = items
         self.silent = silent
+        self.probe = probe  # silent, and the proxy asked for UIDs only
         self.splitter = FetchSplitter(keep_uid=keep_uid, record=record)
         self._cached = cached or {}
         self._renderer = LeanRenderer(
@@ -73,6 +76,15 @@ class LeanFetch:
     @property
     def uid(self) -> int | None:
         return self.splitter.uid
+
+    @property
+    def ours(self) -> bool:
+        """Silent: the response answers the proxy's own FETCH (not an unsolicited one)."""
+        if self.splitter.captured:
+            return True
+        # A UID and nothing else (the UID itself is not passed on, so nothing is held).
+        only_uid = all(isinstance(e, ListStart) for e in self._held)
+        return self.probe and self.splitter.uid is not None and only_uid
 
     @property
     def has_rendition(self) -> bool:
@@ -112,7 +124,7 @@ class LeanFetch:
         Silent: nothing if the response was the prefetch's own, else the whole of it as held.
         """
         if self.silent:
-            if not self.splitter.captured:
+            if not self.ours:
                 yield self.start
                 yield from self._held
                 yield LIST_END
