@@ -471,9 +471,7 @@ class LeanRenderer:
             self._emit(self._top_header(header) if top else header)
             self._top_multipart = self._top_multipart or top
             subtype = ctype.split("/", 1)[1]
-            self._stack.append(
-                _Multipart(raw_boundary, subtype, self._section)
-            )
+            self._stack.append(_Multipart(raw_boundary, subtype, self._section))
             self._consumer = _Skip()  # the preamble
             return
         disposition = (msg.get_content_disposition() or "").lower()
