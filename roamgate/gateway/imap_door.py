@@ -214,6 +214,7 @@ class ImapDoor:
         port: int,
         *,
         tunnel_user: str | None = None,
+        link_compressed: bool = False,
     ) -> None:
         """One client connection from greeting to close, within the connection caps.
 
@@ -238,6 +239,7 @@ class ImapDoor:
                 return
             with self.limiter.hold(source):
                 conn = _Connection(self, reader, writer, source, port, tunnel_user)
+                conn.link_compressed = link_compressed
                 await conn.run()
         except asyncio.CancelledError:
             # After login the relay says BYE itself (through COMPRESS, if the client started it).
@@ -288,6 +290,7 @@ class _Connection:
         )
         self.deadline = time.monotonic() + door.settings.login_grace_seconds
         self.relaying = False  # logged in: the relay owns the client's stream
+        self.link_compressed = False  # the SSH tunnel compresses: no COMPRESS=DEFLATE on top
         # The profile named by the login's suffix (`alice#phs`), once the login has succeeded.
         self.login_profile: str | None = None
 
@@ -459,7 +462,7 @@ class _Connection:
             )
             return None
         self.login_profile = login.profile
-        caps = capabilities.postlogin(upstream.capabilities)
+        caps = capabilities.postlogin(upstream.capabilities, compress=not self.link_compressed)
         await self._perform(
             self.session.login_result(action.tag, ok=True, temporary=False, caps=caps)
         )
@@ -555,6 +558,7 @@ class _Connection:
         # Lean markers tell the user which login shows a message as stored.
         relay.original_login = f"{user.name}{self.rt.config.imap_proxy.profile_separator}lan"
         relay.cache, relay.user_name = self.door.lean_cache, user.name
+        relay.offer_compress = not self.link_compressed
         # The relay starts at once; the bookkeeping below runs beside it, not in the client's way.
         relay_task = asyncio.create_task(relay.run(), name=f"imap-relay-{session_id}")
         reason = "closed"

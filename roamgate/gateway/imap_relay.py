@@ -159,6 +159,7 @@ class ImapRelay:
         # The selected mailbox as the upstream reported it, for the rendition cache: its name,
         # UIDVALIDITY and the UID of each sequence number as far as FETCH answers told it.
         self.cache: LeanCache | None = None  # the door's, set with user_name
+        self.offer_compress = True  # False inside an SSH tunnel that compresses already
         self.user_name = ""
         self.cache_hits = 0
         self.prefetched = 0
@@ -905,11 +906,14 @@ class ImapRelay:
 
     def _write_own_capabilities(self) -> None:
         """The proxy's own post-login extensions, at the end of a relayed CAPABILITY list."""
-        for name in capabilities.PROXY_POSTLOGIN:
+        for name in capabilities.postlogin([], compress=self.offer_compress):
             self._write_client(Atom(name.encode("ascii")))
 
     # -- COMPRESS=DEFLATE (RFC 4978) toward the client
     async def _compress(self, tag: bytes, args: list[Event]) -> None:
+        if not self.offer_compress:
+            await self._send_client(tag + b" BAD The link is compressed already.\r\n")
+            return
         if self._deflate is not None:
             await self._send_client(tag + b" NO [COMPRESSIONACTIVE] DEFLATE is active already.\r\n")
             return

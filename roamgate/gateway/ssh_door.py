@@ -534,8 +534,14 @@ class _SshConnection(asyncssh.SSHServer):
         reason = "closed"
         try:
             if service.kind == "imap":
+                compression = self.conn.get_extra_info("send_compression") if self.conn else None
                 await self.door.imap.serve_stream(
-                    channel, channel, self.source, self.port, tunnel_user=self.user.name
+                    channel,
+                    channel,
+                    self.source,
+                    self.port,
+                    tunnel_user=self.user.name,
+                    link_compressed=compression not in (None, "none"),
                 )
             else:
                 reason = await self._tcp(service, channel)

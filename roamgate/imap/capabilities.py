@@ -80,9 +80,14 @@ def filter_upstream(capabilities: list[str]) -> list[str]:
 PROXY_POSTLOGIN = ("COMPRESS=DEFLATE",)
 
 
-def postlogin(upstream: list[str]) -> list[str]:
-    """What a logged-in client is told: the relayable upstream capabilities, then the proxy's."""
-    return filter_upstream(upstream) + list(PROXY_POSTLOGIN)
+def postlogin(upstream: list[str], *, compress: bool = True) -> list[str]:
+    """What a logged-in client is told: the relayable upstream capabilities, then the proxy's.
+
+    compress=False: the link compresses already (an SSH tunnel with zlib), so COMPRESS=DEFLATE
+    would only cost a round trip and deflate deflated bytes.
+    """
+    own = [c for c in PROXY_POSTLOGIN if compress or not c.startswith("COMPRESS=")]
+    return filter_upstream(upstream) + own
 
 
 def prelogin(*, tls_active: bool) -> list[str]:

@@ -88,7 +88,7 @@ class SshGateway:
 
     @contextlib.contextmanager
     def openssh_tunnel(
-        self, user: str, password: str, code: str, *forwards: str
+        self, user: str, password: str, code: str, *forwards: str, extra: tuple[str, ...] = ()
     ) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
         """`ssh -N -L ...` answered by askpass; yields once every local port listens."""
         answers = self.askpass_dir(password, code)
@@ -102,7 +102,7 @@ class SshGateway:
         log = answers / "ssh.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                ["setsid", *self.ssh_command(user, *forwards)],
+                ["setsid", *self.ssh_command(user, *forwards, extra=extra)],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
