@@ -50,6 +50,7 @@ from roamgate.demo.mailbox import (
     _stamp,
     _wrap,
 )
+from roamgate.demo.mailbox import _japanese_entries as japanese_entries
 
 __all__ = [
     "COUNTS",
@@ -210,12 +211,7 @@ _JAPANESE_MAIL = """
 
 
 def _japanese_entries() -> list[tuple[str, str, str, str]]:
-    out = []
-    for entry in _JAPANESE_MAIL.strip().split("\n%%\n"):
-        first, _, body = entry.partition("\n")
-        name, local, subject = first.split("|")
-        out.append((name, local, subject, body + "\n"))
-    return out
+    return japanese_entries(_JAPANESE_MAIL)
 
 
 def _japanese(rng: random.Random, index: int) -> Builder:

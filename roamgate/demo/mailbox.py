@@ -190,10 +190,10 @@ def _entries(block: str) -> list[list[str]]:
     return [entry.split("\n") for entry in block.strip().split("\n\n")]
 
 
-def _japanese_entries() -> list[tuple[str, str, str, str]]:
-    """(sender name, local part, subject, body) for each Japanese message."""
+def _japanese_entries(block: str = _JAPANESE) -> list[tuple[str, str, str, str]]:
+    """(sender name, local part, subject, body) for each message of a `name|local|subject` block."""
     out = []
-    for entry in _JAPANESE.strip().split("\n%%\n"):
+    for entry in block.strip().split("\n%%\n"):
         first, _, body = entry.partition("\n")
         name, local, subject = first.split("|")
         out.append((name, local, subject, body + "\n"))
