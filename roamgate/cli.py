@@ -120,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--profile", required=True, metavar="NAME", help="link profile: lan, isdn, phs, pda or own"
     )
+    p.add_argument(
+        "--device",
+        metavar="DEVICE",
+        help="only for this device, as `session list` names it (cert:..., addr:...);"
+        " --profile user: the device follows the user's profile again",
+    )
     p.set_defaults(run=users.set_options, needs="runtime")
     for action, fn, text in (
         ("disable", lambda rt, a: users.set_enabled(rt, a, False), "refuse all logins"),

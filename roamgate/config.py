@@ -282,6 +282,8 @@ def _cross_checks(cfg: Config, lines: dict[str, int], *, key_files: bool) -> lis
     for name in cfg.profiles:
         if not PROFILE_NAME.fullmatch(name):
             at(f"profiles.{name}", "a profile name is 1-32 of a-z, 0-9, '_' and '-'")
+        elif name == "user":
+            at(f"profiles.{name}", "'user' is reserved (`user set --device D --profile user`)")
 
     proxy = cfg.imap_proxy
     sep = proxy.profile_separator

@@ -83,6 +83,23 @@ async def add(rt: Runtime, args: argparse.Namespace) -> int:
 async def set_options(rt: Runtime, args: argparse.Namespace) -> int:
     """`user set USER --profile NAME`: change what a user has; each change is audited."""
     user = await require_user(rt, args.user)
+    device = getattr(args, "device", None)
+    if device:
+        follow = args.profile == "user"
+        if not follow:
+            _check_profile(rt, args.profile)
+        profile = None if follow else args.profile
+        await rt.store.set_device_profile(user.id, device, profile, rt.clock())
+        await rt.auditor.record(
+            "user_set",
+            "ok",
+            user=user.name,
+            actor=actor(),
+            detail={"device": device, "profile": profile},
+        )
+        shown = f"the user's ({user.profile})" if profile is None else profile
+        print(f"user {user.name}, device {device}: profile {shown}")
+        return 0
     _check_profile(rt, args.profile)
     await rt.store.set_user_profile(user.name, args.profile, rt.clock())
     await rt.auditor.record(

@@ -543,6 +543,7 @@ class _Connection:
             client_id=self.session.client_id,
             stored=user.profile,
             known=self.door.profiles,
+            device=(await rt.store.device_profiles(user.id)).get(device),
         )
         if choice.ignored:
             log.warning("%s: no such profile %s; using %s", user.name, choice.ignored, choice.name)

@@ -19,7 +19,7 @@ from roamgate.profiles import DEFAULT_PROFILE
 
 ID_PROFILE_KEY = "x-roamgate-profile"
 
-ProfileSource = Literal["login", "id", "user", "default"]
+ProfileSource = Literal["login", "id", "device", "user", "default"]
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,9 @@ def choose_profile(
     client_id: Sequence[tuple[str, str | None]],
     stored: str,
     known: Collection[str],
+    device: str | None = None,
 ) -> ProfileChoice:
-    """The profile by precedence: login suffix, then ID field, then the user's stored one."""
+    """The profile by precedence: login suffix, ID field, the device's own, the user's."""
     ignored: list[str] = []
     if login_profile is not None and login_profile in known:
         return ProfileChoice(login_profile, "login")
@@ -74,6 +75,10 @@ def choose_profile(
         if asked in known:
             return ProfileChoice(asked, "id")
         ignored.append(asked)
+    if device is not None:
+        if device in known:
+            return ProfileChoice(device, "device", tuple(ignored))
+        ignored.append(device)
     if stored in known:
         return ProfileChoice(stored, "user", tuple(ignored))
     ignored.append(stored)

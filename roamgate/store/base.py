@@ -186,6 +186,16 @@ class Store(abc.ABC):
         """Set the link profile a user's sessions get by default; False if there is no such user."""
 
     @abc.abstractmethod
+    async def set_device_profile(
+        self, user_id: int, device: str, profile: str | None, now: float
+    ) -> None:
+        """The link profile of one of the user's devices (None: the device follows the user's)."""
+
+    @abc.abstractmethod
+    async def device_profiles(self, user_id: int) -> dict[str, str]:
+        """Device -> profile, for the devices that have their own."""
+
+    @abc.abstractmethod
     async def remove_user(self, name: str) -> bool:
         """Delete a user with their tokens, backup codes and callbacks; audit stays."""
 

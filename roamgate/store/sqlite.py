@@ -242,6 +242,28 @@ class SqliteStore(Store):
         )
         return n == 1
 
+    async def set_device_profile(
+        self, user_id: int, device: str, profile: str | None, now: float
+    ) -> None:
+        if profile is None:
+            await self._run(
+                "DELETE FROM device_profiles WHERE user_id = ? AND device = ?", (user_id, device)
+            )
+            return
+        await self._run(
+            "INSERT INTO device_profiles (user_id, device, profile, updated_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (user_id, device) DO UPDATE SET profile = excluded.profile,"
+            " updated_at = excluded.updated_at",
+            (user_id, device, profile, now),
+        )
+
+    async def device_profiles(self, user_id: int) -> dict[str, str]:
+        rows = await self._all(
+            "SELECT device, profile FROM device_profiles WHERE user_id = ? ORDER BY device",
+            (user_id,),
+        )
+        return {str(r[0]): str(r[1]) for r in rows}
+
     async def remove_user(self, name: str) -> bool:
         return await self._run("DELETE FROM users WHERE name = ?", (name,)) == 1
 

@@ -112,3 +112,24 @@ def test_an_unknown_suffix_is_refused_and_audited(gw: Gateway) -> None:
     assert _session(gw, "bob")["profile"] == "phs"
     ok = [e for e in gw.audit() if e["kind"] == "auth" and e["result"] == "ok"]
     assert ok[-1]["factor"] == "password+hotp", ok[-1]
+
+
+def test_a_device_of_its_own_gets_its_profile_below_suffix_and_id(gw: Gateway) -> None:
+    _set_profile(gw, "phs")
+    device = _session(gw, "bob")["device"]  # how the gateway names this client: addr:127.0.0.1
+    assert device == "addr:127.0.0.1"
+    r = gw.cli("user", "set", "bob", "--device", device, "--profile", "pda")
+    assert r.returncode == 0 and "device addr:127.0.0.1: profile pda" in r.stdout, r.stderr
+    detail = _session(gw, "bob")
+    assert (detail["profile"], detail["profile_source"]) == ("pda", "device")
+    detail = _session(gw, "bob#isdn")
+    assert (detail["profile"], detail["profile_source"]) == ("isdn", "login")
+    detail = _session(gw, "bob", id_args='("x-roamgate-profile" "lan")')
+    assert (detail["profile"], detail["profile_source"]) == ("lan", "id")
+    bad = gw.cli("user", "set", "bob", "--device", device, "--profile", "nosuch")
+    assert bad.returncode != 0 and "no such profile" in bad.stderr
+    assert gw.cli("user", "set", "bob", "--device", device, "--profile", "user").returncode == 0
+    detail = _session(gw, "bob")
+    assert (detail["profile"], detail["profile_source"]) == ("phs", "user")
+    changes = [e for e in gw.audit() if e["kind"] == "user_set"]
+    assert changes[-1]["detail"] == {"device": device, "profile": None}

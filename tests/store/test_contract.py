@@ -94,6 +94,22 @@ async def test_user_profile_can_be_changed(store: Store) -> None:
     assert await store.get_user("nobody") is None
 
 
+async def test_a_device_can_have_its_own_profile(store: Store) -> None:
+    u = await store.add_user("gina", T0)
+    await store.set_device_profile(u.id, "cert:SHA256:ab", "pda", T0)
+    await store.set_device_profile(u.id, "addr:192.0.2.7", "phs", T0)
+    await store.set_device_profile(u.id, "cert:SHA256:ab", "isdn", T0 + 1)  # replaced
+    assert await store.device_profiles(u.id) == {
+        "addr:192.0.2.7": "phs",
+        "cert:SHA256:ab": "isdn",
+    }
+    await store.set_device_profile(u.id, "addr:192.0.2.7", None, T0 + 2)
+    assert await store.device_profiles(u.id) == {"cert:SHA256:ab": "isdn"}
+    assert await store.remove_user("gina")
+    v = await store.add_user("gina", T0)
+    assert await store.device_profiles(v.id) == {}
+
+
 async def test_remove_user_cascades_but_keeps_audit(store: Store) -> None:
     u = await store.add_user("carol", T0)
     await store.add_token(_token("tok_c", u.id))
