@@ -384,6 +384,16 @@ def _login_compress(c: _Deflating, user: str, password: str, want: bool) -> bool
     return want and b"COMPRESS=DEFLATE" in caps.upper() and c.compress()
 
 
+def _stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
+    """End a tunnel process (ssh or roamgate-connect) and reap it."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 @contextlib.contextmanager
 def _ssh_tunnel(env: Env, link: SlowLink, compress: bool) -> Iterator[int]:
     """`ssh -N -L` through the link to the private sshd; yields the forward's local port."""
@@ -409,11 +419,7 @@ def _ssh_tunnel(env: Env, link: SlowLink, compress: bool) -> Iterator[int]:
         time.sleep(1.0)  # the probe's close crosses the link before the counters are read
         yield local
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
 
 
 def _wait_for_line(
@@ -467,12 +473,7 @@ def _connector(env: Env, link: SlowLink, cell: Cell, delay: float) -> Iterator[i
         cell.setup_turns = link.turns
         yield local
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        _stop(proc)
 
 
 def _run_once(env: Env, link_name: str, path: str, workflow: str, spec: LinkSpec | None) -> Cell:

@@ -264,7 +264,7 @@ class LeanRenderer:
             return self._copy_rest()
 
     def _copy_rest(self) -> bytes:
-        """After an unexpected error: what is buffered, then everything else, as it is."""
+        """After an unexpected error: what is not handled yet, then everything else, as it is."""
         self.report.copied_rest = True
         self._emit(bytes(self._line))
         self._line.clear()
@@ -278,19 +278,22 @@ class LeanRenderer:
         buf = self._line
         buf += data
         start = 0
-        while start < len(buf):
-            if self._copying():
-                self._emit(bytes(buf[start:]))
-                start = len(buf)
-                break
-            if self._mode is _Mode.BODY and self._consumer.counting and not self._continuing:
-                start = self._count_fast(buf, start)
-            nl = buf.find(b"\n", start)
-            if nl < 0:
-                break
-            self._on_line(bytes(buf[start : nl + 1]))
-            start = nl + 1
-        del buf[:start]
+        try:
+            while start < len(buf):
+                if self._copying():
+                    self._emit(bytes(buf[start:]))
+                    start = len(buf)
+                    break
+                if self._mode is _Mode.BODY and self._consumer.counting and not self._continuing:
+                    start = self._count_fast(buf, start)
+                nl = buf.find(b"\n", start)
+                if nl < 0:
+                    break
+                self._on_line(bytes(buf[start : nl + 1]))
+                start = nl + 1
+        finally:
+            # Also on an error: what was handled goes, so _copy_rest copies each byte once.
+            del buf[:start]
         if len(buf) > LINE_CAP:
             self._on_fragment(bytes(buf))
             buf.clear()
