@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from roamgate.config import Config
 from roamgate.store.base import DeviceRecord, Store
 
 # Letters and digits that survive being read aloud or copied from a screen (no 0/O, 1/l/I).
-_PASSPHRASE_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
+_PASSPHRASE_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # noqa: S105 (an alphabet)
 CRL_DAYS = 7
 
 
@@ -130,5 +129,5 @@ async def publish_crl(cfg: Config, store: Store, now: float) -> Path | None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
     tmp.write_bytes(data)
-    os.replace(tmp, path)
+    tmp.replace(path)
     return path

@@ -59,7 +59,5 @@ async def create_invite(rt: Runtime, user_name: str, hours: int, actor: str) -> 
 async def cancel_invite(rt: Runtime, invite_id: str, actor: str) -> bool:
     cancelled = await rt.store.cancel_invite(invite_id, rt.clock())
     if cancelled:
-        await rt.auditor.record(
-            "invite_cancel", "ok", actor=actor, detail={"invite_id": invite_id}
-        )
+        await rt.auditor.record("invite_cancel", "ok", actor=actor, detail={"invite_id": invite_id})
     return cancelled

@@ -102,14 +102,16 @@ async def device_list(rt: Runtime, args: argparse.Namespace) -> int:
 
 async def device_issue(rt: Runtime, args: argparse.Namespace) -> int:
     user = await require_user(rt, args.user)
-    out = Path(args.out)
-    if out.exists():
-        raise CliError(f"{out} exists already; nothing was made")
+    out = _free_path(args.out)
     try:
         issued = await issue_device(rt.config, rt.store, user.name, args.name, rt.clock())
     except DeviceError as exc:
         raise CliError(str(exc)) from None
-    pki.write_private(out, issued.p12)
+    try:
+        pki.write_private(out, issued.p12)
+    except OSError as exc:
+        await accounts.revoke_device(rt, issued.record.id, actor())
+        raise CliError(f"cannot write {out}: {exc.strerror}; the certificate was revoked") from None
     await rt.auditor.record(
         "device_issue",
         "ok",
@@ -120,6 +122,13 @@ async def device_issue(rt: Runtime, args: argparse.Namespace) -> int:
     print(f"device {issued.record.id} ({issued.record.name}) for {user.name}: {out}")
     print(f"PKCS#12 passphrase (shown once): {issued.passphrase}")
     return 0
+
+
+def _free_path(text: str) -> Path:
+    out = Path(text)
+    if out.exists():
+        raise CliError(f"{out} exists already; nothing was made")
+    return out
 
 
 async def device_revoke(rt: Runtime, args: argparse.Namespace) -> int:

@@ -46,7 +46,9 @@ _SESSION_COLS = (
 )
 _SSH_KEY_COLS = "id, user_id, fingerprint, public_key, comment, created_at"
 _WINDOW_COLS = "id, user_name, device, door, created_at, expires_at, revoked_at"
-_INVITE_COLS = "id, user_name, token_hash, created_at, expires_at, created_by, used_at, cancelled_at"
+_INVITE_COLS = (
+    "id, user_name, token_hash, created_at, expires_at, created_by, used_at, cancelled_at"
+)
 _WEB_SESSION_COLS = "id_hash, kind, user_name, csrf, data, created_at, last_seen_at, expires_at"
 _DEVICE_COLS = "id, user_name, name, serial, fingerprint, created_at, expires_at, revoked_at"
 _AUDIT_COLS = "id, ts, kind, result, user_name, source, door, factor, reason, actor, detail"
@@ -732,7 +734,9 @@ class SqliteStore(Store):
                 ),
             )
         except DuplicateError:
-            raise DuplicateError(f"device {device.id!r} or its certificate exists already") from None
+            raise DuplicateError(
+                f"device {device.id!r} or its certificate exists already"
+            ) from None
 
     async def get_device(self, device_id: str) -> DeviceRecord | None:
         row = await self._one(f"SELECT {_DEVICE_COLS} FROM devices WHERE id = ?", (device_id,))
