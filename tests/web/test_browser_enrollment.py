@@ -28,10 +28,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
-from roamgate_connect.profile import build as build_profile
 
 from roamgate.config import load_config
 from roamgate.demo.dovecot import PrivateDovecot
+from roamgate_connect.profile import build as build_profile
 from tests.conftest import require_program
 from tests.gateway.conftest import PASSWORDS, Gateway, read_line, running_gateway, wait_for_port
 
@@ -219,7 +219,7 @@ def test_enrollment_admin_and_revocation_in_a_real_browser(
 
     page.goto(base + "/enroll")
     # Downloads, each parsed.
-    tb = ET.fromstring(download(page, "#dl-thunderbird"))
+    tb = ET.fromstring(download(page, "#dl-thunderbird"))  # noqa: S314 (our own server)
     incoming = tb.find("./emailProvider/incomingServer")
     assert incoming is not None
     assert incoming.findtext("hostname") == "localhost"
@@ -231,7 +231,9 @@ def test_enrollment_admin_and_revocation_in_a_real_browser(
     assert mail["IncomingMailServerHostName"] == "localhost"
     assert mail["IncomingMailServerPortNumber"] == gw.imaps_port
     assert mail["IncomingMailServerUseSSL"] is True
-    trust = next(p for p in apple["PayloadContent"] if p["PayloadType"] == "com.apple.security.root")
+    trust = next(
+        p for p in apple["PayloadContent"] if p["PayloadType"] == "com.apple.security.root"
+    )
     assert trust["PayloadContent"] == x509.load_pem_x509_certificate(
         gw.ca_file.read_bytes()
     ).public_bytes(serialization.Encoding.DER)
@@ -252,7 +254,7 @@ def test_enrollment_admin_and_revocation_in_a_real_browser(
     assert fingerprint in ssh_cfg.read_text()
     profile = build_profile(yaml.safe_load(download(page, "#dl-profile")), "download")
     assert profile.user == NEW_USER and profile.host_keys[0] == fingerprint
-    ET.fromstring(download(page, "#dl-connect-thunderbird"))
+    ET.fromstring(download(page, "#dl-connect-thunderbird"))  # noqa: S314 (our own server)
 
     # A call-back number.
     page.select_option("#channel", "webhook")
@@ -348,7 +350,7 @@ def test_enrollment_admin_and_revocation_in_a_real_browser(
     end_button = page.locator(f"#live tr:has-text('{NEW_USER}') button")
     end_button.click()
     deadline = time.monotonic() + 15
-    with pytest.raises((imaplib.IMAP4.abort, OSError)):  # noqa: PT012 (the loop polls)
+    with pytest.raises((imaplib.IMAP4.abort, OSError)):
         while time.monotonic() < deadline:
             live.noop()
             time.sleep(0.5)

@@ -76,7 +76,9 @@ async def _to_token_step(w: WebUnderTest, c: object) -> str:
     return page
 
 
-async def test_activation_needs_a_valid_code_and_backup_codes_show_once(web_app: WebUnderTest) -> None:
+async def test_activation_needs_a_valid_code_and_backup_codes_show_once(
+    web_app: WebUnderTest,
+) -> None:
     w = web_app
     async with w.client() as c:
         page = await _to_token_step(w, c)
