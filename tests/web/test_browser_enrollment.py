@@ -340,6 +340,8 @@ def test_enrollment_admin_and_revocation_in_a_real_browser(
         page.click("button[type=submit]")
     assert urlsplit(page.url).path == "/admin"
     assert NEW_USER in (page.text_content("#users") or "")
+    published = x509.load_pem_x509_crl(page.request.get(base + "/crl.pem").body())
+    assert published.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
     headers = page.request.get(base + "/admin").headers
     assert headers["content-security-policy"].startswith("default-src 'self'")
     assert headers["x-frame-options"] == "DENY" and headers["cache-control"] == "no-store"
