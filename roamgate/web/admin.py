@@ -195,7 +195,7 @@ async def users(request: web.Request) -> web.Response:
         )
     source_locks = [
         [t.key, t.failures, "hard" if t.hard_locked else fmt_time(t.locked_until),
-         _button(f"/admin/source/{t.key}/unlock", "Unlock", session.csrf)]
+         _source_unlock(t.key, session.csrf)]
         for t in await rt.store.list_throttles("source")
         if is_locked(t.locked_until, t.hard_locked, now)
     ]  # fmt: skip
@@ -267,10 +267,25 @@ async def user_action(request: web.Request) -> web.Response:
     return redirect("/admin")
 
 
-@routes.post("/admin/source/{key}/unlock")
+def _source_unlock(key: str, csrf: str) -> Markup:
+    # The key goes in the form, not the path: an IPv6 /64 has a slash.
+    return fill(
+        '<form method="post" action="/admin/source/unlock">'
+        '<input type="hidden" name="csrf" value="$csrf">'
+        '<input type="hidden" name="source" value="$key">'
+        '<button type="submit" class="danger">Unlock</button></form>',
+        csrf=csrf,
+        key=key,
+    )
+
+
+@routes.post("/admin/source/unlock")
 async def source_unlock(request: web.Request) -> web.Response:
     rt, _session, actor = await _admin(request)
-    await rt.throttle.unlock("source", request.match_info["key"], actor)
+    source = str((await request.post()).get("source", ""))[:64]
+    if not source:
+        raise web.HTTPNotFound(reason="No such source")
+    await rt.throttle.unlock("source", source, actor)
     return redirect("/admin")
 
 

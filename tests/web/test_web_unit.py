@@ -224,3 +224,50 @@ async def test_values_are_escaped_in_pages(web_app: WebUnderTest) -> None:
         assert await _admin_login(w, c, pyotp.TOTP(made.secret).at(w.clock())) == 303
         page = await (await c.get("/admin/audit", params={"kind": '<script>x"'})).text()
         assert "<script>" not in page and "&lt;script&gt;x&quot;" in page
+
+
+async def test_large_posts_are_refused(web_app: WebUnderTest) -> None:
+    w = web_app
+    async with w.client() as c:
+        page = await (await c.get("/admin/login")).text()
+        r = await c.post(
+            "/admin/login", data={"csrf": csrf_of(page), "user": "x" * 100_000, "password": "p"}
+        )
+        assert r.status == 413
+        assert r.headers["Content-Security-Policy"] == CSP
+
+
+async def test_a_disabled_admin_loses_the_session_at_once(web_app: WebUnderTest) -> None:
+    from roamgate import accounts
+
+    w = web_app
+    admin = await w.rt.store.get_user(ADMIN)
+    assert admin is not None
+    made = await w.rt.second_factor.enroll(admin, "totp")
+    async with w.client() as c:
+        assert await _admin_login(w, c, pyotp.TOTP(made.secret).at(w.clock())) == 303
+        assert (await c.get("/admin", allow_redirects=False)).status == 200
+        await accounts.set_user_enabled(w.rt, ADMIN, False, "test")
+        r = await c.get("/admin", allow_redirects=False)
+        assert r.status == 303 and r.headers["Location"] == "/admin/login"
+
+
+async def test_an_admin_unlocks_a_locked_source(web_app: WebUnderTest) -> None:
+    w = web_app
+    admin = await w.rt.store.get_user(ADMIN)
+    assert admin is not None
+    made = await w.rt.second_factor.enroll(admin, "totp")
+    await w.rt.store.set_lock("source", "2001:db8:1:2::/64", w.clock() + 600, False)
+    async with w.client() as c:
+        assert await _admin_login(w, c, pyotp.TOTP(made.secret).at(w.clock())) == 303
+        page = await (await c.get("/admin")).text()
+        assert "2001:db8:1:2::/64" in page
+        r = await c.post(
+            "/admin/source/unlock",
+            data={"csrf": csrf_of(page), "source": "2001:db8:1:2::/64"},
+            allow_redirects=False,
+        )
+        assert r.status == 303
+    assert await w.rt.store.get_throttle("source", "2001:db8:1:2::/64") is None
+    unlock = (await w.rt.store.query_audit(kind="unlock"))[-1]
+    assert unlock.actor == f"web:{ADMIN}" and unlock.result == "ok"
