@@ -312,6 +312,12 @@ def test_enrollment_admin_and_revocation_in_a_real_browser(
         with_cert().wrap_socket(raw, server_hostname="127.0.0.1") as tls,
     ):
         assert read_line(tls).startswith(b"* BYE")
+    # The same after STARTTLS on the plain IMAP door.
+    starttls = gw.imap_plain()
+    with pytest.raises((imaplib.IMAP4.abort, OSError)):
+        starttls.starttls(ssl_context=with_cert())
+    with contextlib.suppress(OSError):
+        starttls.shutdown()
     crl = x509.load_pem_x509_crl((gw.dir / "tls" / "crl.pem").read_bytes())
     assert crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
     ca = x509.load_pem_x509_certificate(gw.ca_file.read_bytes())
