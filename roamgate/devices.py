@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,8 @@ async def issue_device(
         user_name=user_name,
         name=name,
         serial=format(cert.serial_number, "x"),
-        fingerprint=hashes_sha256_hex(der),
+        # The form the TLS doors name a device by (roamgate.gateway.tls).
+        fingerprint=hashlib.sha256(der).hexdigest(),
         created_at=now,
         expires_at=cert.not_valid_after_utc.timestamp(),
     )
@@ -87,12 +89,6 @@ async def issue_device(
         f"roamgate {user_name} {name}".encode(), key, cert, [ca_cert], encryption
     )
     return IssuedDevice(record, p12, passphrase)
-
-
-def hashes_sha256_hex(der: bytes) -> str:
-    digest = hashes.Hash(hashes.SHA256())
-    digest.update(der)
-    return digest.finalize().hex()
 
 
 async def build_crl(cfg: Config, store: Store, now: float) -> bytes:
