@@ -7,7 +7,6 @@ with a redirect (a reload repeats nothing).
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from roamgate.commands.common import CliError, fmt_time, parse_when
 from roamgate.invites import cancel_invite, create_invite
 from roamgate.runtime import Runtime
 from roamgate.web import sessions
+from roamgate.web.enroll import failure_delay
 from roamgate.web.keys import RT, session_of
 from roamgate.web.middlewares import login_csrf
 from roamgate.web.pages import html_page, redirect
@@ -90,9 +90,7 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def _failed(request: web.Request, rt: Runtime, began: float) -> web.Response:
-    left = began + rt.config.web.failure_delay_ms / 1000 - time.monotonic()
-    if left > 0:
-        await asyncio.sleep(left)
+    await failure_delay(rt, began)
     return _login_page(request, "Login failed.", status=403)
 
 

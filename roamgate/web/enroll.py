@@ -46,7 +46,8 @@ def _gone(request: web.Request) -> web.Response:
     )
 
 
-async def _delay(rt: Runtime, began: float) -> None:
+async def failure_delay(rt: Runtime, began: float) -> None:
+    """Answer a failed form web.failure_delay_ms after it came, whichever check failed."""
     left = began + rt.config.web.failure_delay_ms / 1000 - time.monotonic()
     if left > 0:
         await asyncio.sleep(left)
@@ -129,6 +130,8 @@ async def enroll_page(request: web.Request) -> web.Response:
         return await _token_page(request, rt, session, user, "")
     if step == "backup":
         return redirect("/enroll/backup-codes")
+    if step != "done":
+        raise web.HTTPForbidden(reason="No enrollment in progress")
     return await _done_page(request, rt, session, user, Markup(""))
 
 
@@ -169,7 +172,7 @@ async def enroll_password(request: web.Request) -> web.Response:
     )
     if lock is None and outcome is Outcome.REJECTED:
         await rt.throttle.failure(user.name, source, DOOR)
-    await _delay(rt, began)
+    await failure_delay(rt, began)
     text = "That did not work. Check the password and try again."
     if outcome is Outcome.UNAVAILABLE:
         text = "The password cannot be checked right now. Try again in a few minutes."
@@ -264,7 +267,7 @@ async def enroll_activate(request: web.Request) -> web.Response:
         )  # fmt: skip
         if lock is None:
             await rt.throttle.failure(user.name, source, DOOR)
-        await _delay(rt, began)
+        await failure_delay(rt, began)
         text = "That code did not match. Wait for the next code in the app and try again."
         if result is not None and result.reason == "clock_skew":
             text = "That code is from another time: set your phone's clock automatically."
