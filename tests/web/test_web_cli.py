@@ -67,3 +67,13 @@ def test_device_issue_list_revoke_and_the_crl(gateway_dir: Path) -> None:
     assert json.loads(cli(gateway_dir, "device", "list", "carol", "--json").stdout) == []
     crl = x509.load_pem_x509_crl((gateway_dir / "tls" / "crl.pem").read_bytes())
     assert len(list(crl)) == 2
+
+
+def test_check_config_names_what_the_web_door_needs(gateway_dir: Path) -> None:
+    config = gateway_dir / "roamgate.yaml"
+    text = config.read_text().replace("  ca_key_file: tls/ca.key\n", "")
+    config.write_text(text + '\nweb:\n  base_url: "http://gw.example.com"\n')
+    r = run_cli("check-config", "-c", str(config))
+    assert r.returncode == 2
+    assert "tls.ca_key_file: the web door issues device certificates" in r.stderr
+    assert "web.base_url: expected an https:// address" in r.stderr
