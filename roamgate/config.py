@@ -192,6 +192,15 @@ class AuditSettings:
 
 
 @dataclass(frozen=True)
+class DoctorSettings:
+    """`roamgate doctor`: where it may ask the time (only hosts named here are contacted)."""
+
+    # An http(s) URL whose Date header is the clock reference; without one the upstream SMTP
+    # greeting's date is used when it carries one.
+    clock_url: str | None = None
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     """Operational logs (never secrets)."""
 
@@ -214,6 +223,7 @@ class Config:
     store: StoreSettings = field(default_factory=StoreSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    doctor: DoctorSettings = field(default_factory=DoctorSettings)
     # Link profiles by name: added to the built-in ones (lan, isdn, phs, pda) or replacing one.
     profiles: dict[str, LinkProfile] = field(default_factory=dict)
     # Load balancers (addresses or CIDR networks) whose PROXY headers the doors with
@@ -274,6 +284,9 @@ def _cross_checks(cfg: Config, lines: dict[str, int], *, key_files: bool) -> lis
                 f"port {listener.port} is already used by listeners.{other}",
             )
         bound[(listener.host, listener.port)] = name
+    url = cfg.doctor.clock_url
+    if url is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
+        at("doctor.clock_url", f"expected an http:// or https:// URL, got {url!r}")
     for i, entry in enumerate(cfg.trusted_proxies):
         try:
             ipaddress.ip_network(entry, strict=False)
