@@ -29,6 +29,8 @@ class Auditor:
         self.store = store
         self.file = file
         self.clock = clock
+        # Called with every event written (the runtime's metrics count from here).
+        self.observers: list[Callable[[AuditRecord], None]] = []
 
     async def record(
         self,
@@ -68,6 +70,12 @@ class Auditor:
             record_id = None
         stored = AuditRecord(**{**record.__dict__, "id": record_id})
         self._append_line(stored)
+        for observe in self.observers:
+            try:
+                observe(stored)
+            except Exception:
+                # A counting bug must never fail a login or a session.
+                log.exception("audit observer failed on a %s event", kind)
         return stored
 
     def _append_line(self, record: AuditRecord) -> None:

@@ -6,7 +6,7 @@ import stat
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from roamgate.audit import Auditor
@@ -15,6 +15,7 @@ from roamgate.login.authenticator import Authenticator
 from roamgate.login.second_factor import SecondFactor
 from roamgate.login.throttle import Throttle
 from roamgate.login.verifiers import PasswordVerifier, make_verifier
+from roamgate.metrics import Metrics
 from roamgate.secretbox import SecretBox, SecretBoxError
 from roamgate.store import Store, open_store
 
@@ -34,6 +35,8 @@ class Runtime:
     verifier: PasswordVerifier
     authenticator: Authenticator
     clock: Callable[[], float]
+    # This process's Prometheus metrics (a registry per runtime, so runtimes never collide).
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 def load_secret_box(cfg: Config) -> SecretBox:
@@ -72,6 +75,10 @@ async def open_runtime(
             clock,
             travel_window_seconds=cfg.auth.travel_window_seconds,
         )
-        yield Runtime(cfg, store, box, auditor, second, throttle, verifier, authenticator, clock)
+        metrics = Metrics()
+        auditor.observers.append(metrics.observe)
+        yield Runtime(
+            cfg, store, box, auditor, second, throttle, verifier, authenticator, clock, metrics
+        )
     finally:
         await store.close()
