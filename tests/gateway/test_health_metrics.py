@@ -5,16 +5,21 @@ from __future__ import annotations
 import http.client
 import imaplib
 import json
+import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from roamgate.config import load_config
-from roamgate.demo.dovecot import PrivateDovecot
+from roamgate.demo.dovecot import PrivateDovecot, free_port
 from tests.conftest import require_program
 from tests.gateway.conftest import PASSWORDS, Gateway, running_gateway, wait_for_port
+from tests.gateway.test_proxy_protocol_haproxy import PrivateHaproxy
+
+pytestmark = pytest.mark.peer
 
 USER = "bob"
 
@@ -35,6 +40,67 @@ def gw(own_dovecot: PrivateDovecot, tmp_path_factory: pytest.TempPathFactory) ->
     with running_gateway(own_dovecot, d, users={USER: PASSWORDS[USER]}, replace=replace) as g:
         wait_for_port(web_port(g), g.process, g.log_file)
         yield g
+
+
+@pytest.fixture(scope="module")
+def balancer(gw: Gateway, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A real HAProxy whose server check is `option httpchk GET /healthz` over verified TLS."""
+    tmp = tmp_path_factory.mktemp("haproxy-health")
+    stats = tmp / "stats.sock"
+    port = free_port()
+    config = tmp / "haproxy.cfg"
+    config.write_text(
+        "\n".join(
+            [
+                "global",
+                "    maxconn 100",
+                f"    stats socket {stats} level user",
+                "defaults",
+                "    mode tcp",
+                "    timeout connect 5s",
+                "    timeout client 60s",
+                "    timeout server 60s",
+                "frontend fe_imaps",
+                f"    bind 127.0.0.1:{port}",
+                "    default_backend be_imaps",
+                "backend be_imaps",
+                "    option httpchk",
+                "    http-check send meth GET uri /healthz ver HTTP/1.1 hdr Host localhost",
+                "    http-check expect status 200",
+                f"    server gw 127.0.0.1:{gw.imaps_port} check port {web_port(gw)}"
+                f" check-ssl verify required ca-file {gw.ca_file} check-sni localhost"
+                " inter 500 fall 2 rise 1",
+            ]
+        )
+        + "\n"
+    )
+    with PrivateHaproxy(config, {"fe_imaps": port}):
+        yield stats
+
+
+def server_status(stats: Path) -> str:
+    """The gw server's status (UP, DOWN, ...) from HAProxy's stats socket."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(stats))
+        sock.sendall(b"show stat\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    for line in data.decode().splitlines():
+        fields = line.split(",")
+        if len(fields) > 17 and fields[0] == "be_imaps" and fields[1] == "gw":
+            return fields[17]
+    return "?"
+
+
+def wait_for_status(stats: Path, prefix: str) -> str:
+    deadline = time.monotonic() + 30
+    status = server_status(stats)
+    while not status.startswith(prefix) and time.monotonic() < deadline:
+        time.sleep(0.3)
+        status = server_status(stats)
+    return status
 
 
 def web_port(g: Gateway) -> int:
@@ -135,9 +201,15 @@ def test_metrics_refused_to_an_address_not_allowed(gw: Gateway) -> None:
     assert get(gw, "/healthz", source="127.0.0.2")[0] == 200
 
 
+def test_haproxy_httpchk_sees_a_healthy_node(balancer: Path) -> None:
+    status = wait_for_status(balancer, "UP")
+    assert status.startswith("UP"), status
+
+
 def test_healthz_names_the_upstream_when_dovecot_stops(
-    gw: Gateway, own_dovecot: PrivateDovecot
+    gw: Gateway, own_dovecot: PrivateDovecot, balancer: Path
 ) -> None:
+    assert wait_for_status(balancer, "UP").startswith("UP")
     own_dovecot.stop()
     deadline = time.monotonic() + 30
     while True:
@@ -150,3 +222,6 @@ def test_healthz_names_the_upstream_when_dovecot_stops(
     # The reason is in the operator's log, not in the answer.
     assert "health: upstream IMAP" in gw.logs()
     assert str(own_dovecot.imap_port) not in body
+    # HAProxy's check takes the node out.
+    status = wait_for_status(balancer, "DOWN")
+    assert status.startswith("DOWN"), status
