@@ -223,5 +223,5 @@ def test_healthz_names_the_upstream_when_dovecot_stops(
     assert "health: upstream IMAP" in gw.logs()
     assert str(own_dovecot.imap_port) not in body
     # HAProxy's check takes the node out.
-    status = wait_for_status(balancer, "DOWN")
-    assert status.startswith("DOWN"), status
+    state = wait_for_status(balancer, "DOWN")
+    assert state.startswith("DOWN"), state
