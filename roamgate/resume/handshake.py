@@ -1,7 +1,7 @@
 """Which stream a carrier serves: a fresh nonce from the gateway, then OPEN or RESUME with a proof.
 
 The gateway speaks first on every carrier: CHALLENGE with a nonce it has never used. The
-connector answers OPEN (a new stream: the gateway answers OPENED with the stream's id and its
+connector answers OPEN (sent without waiting for the challenge, which it does not need: a new stream: the gateway answers OPENED with the stream's id and its
 resume secret) or RESUME (id, the nonce answered, HMAC-SHA256 keyed by the secret over the id and
 that nonce, and the bytes the connector has received). One answer per carrier: the nonce is used
 up by it, so a recorded RESUME replayed on a later carrier names a stale nonce and is refused.
@@ -158,6 +158,7 @@ class ClientStream:
         self._decoder: FrameDecoder | None = None
         self._out = bytearray()
         self._state = _State.DOWN
+        self._challenged = False
 
     @property
     def up(self) -> bool:
@@ -171,7 +172,12 @@ class ClientStream:
         assert self._state is not _State.REFUSED
         self._decoder = FrameDecoder()
         self._out.clear()
+        self._challenged = False
         self._state = _State.CHALLENGE
+        if self.stream_id is None:
+            # OPEN needs no nonce: sent at once, it saves the slow line a round trip.
+            self._out += encode(Open())
+            self._state = _State.OPENING
 
     def carrier_down(self) -> None:
         self.endpoint.detach()
@@ -189,8 +195,12 @@ class ClientStream:
             elif isinstance(frame, Refused) and self._state in (_State.OPENING, _State.RESUMING):
                 self._state = _State.REFUSED
                 events.append(StreamRefused(frame.reason))
-            elif isinstance(frame, Challenge) and self._state is _State.CHALLENGE:
-                self._answer(frame.nonce)
+            elif isinstance(frame, Challenge) and not self._challenged:
+                self._challenged = True
+                if self._state is _State.CHALLENGE:
+                    self._answer(frame.nonce)
+                elif self._state is not _State.OPENING:
+                    raise StreamError(f"a CHALLENGE while {self._state.value}")
             elif isinstance(frame, Opened) and self._state is _State.OPENING:
                 self.stream_id, self._secret = frame.stream_id, frame.secret
                 self.endpoint.attach(0)
