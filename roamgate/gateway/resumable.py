@@ -186,7 +186,7 @@ class ResumableService:
         kind: str,
         result: str,
         user: str,
-        source: str,
+        source: str | None,
         *,
         reason: str | None = None,
         detail: dict[str, JsonValue] | None = None,
@@ -210,7 +210,7 @@ class ResumableService:
             "stream_expire",
             "ok",
             entry.user,
-            "",
+            None,
             reason=reason,
             detail={"stream_id": stream.stream_id, "detached_seconds": round(detached, 3)},
         )

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import imaplib
+import json
 import os
 import random
 import re
@@ -26,7 +27,7 @@ from tests.gateway.conftest import Gateway, running_gateway
 from tests.line import Line
 from tests.ssh.conftest import ASKPASS
 
-USERS = {"frank": "frank-pw-1", "gina": "gina pw 2"}
+USERS = {"frank": "frank-pw-1", "gina": "gina pw 2", "hal": "hal-pw-3"}
 GRACE = 12  # seconds: long enough for a reconnect on a busy machine, short for the expiry test
 CUTS = 20
 
@@ -366,6 +367,41 @@ async def test_resumes_with_a_wrong_proof_a_replayed_nonce_or_by_another_user_ar
         conn.close()
     log = resume_gw.logs() + "\n".join(map(str, resume_gw.audit()))
     assert secret.hex() not in log
+
+
+def test_a_resume_outside_the_travel_window_asks_for_a_new_code(
+    resume_gw: Gateway, tmp_path: Path
+) -> None:
+    user = "hal"
+    before = _last_id(resume_gw)
+    with (
+        Line(resume_gw.ssh_port) as line,
+        connector(resume_gw, line.port, tmp_path, user) as c,
+    ):
+        c.wait_for("link up")
+        client = c.imap(user)
+        assert client.select("INBOX")[0] == "OK"
+        listed = resume_gw.cli("session", "list", "--user", user, "--json")
+        windows = [w["id"] for w in json.loads(listed.stdout)["windows"]]
+        assert windows
+        for window in windows:  # the travel window ends: the next login needs a code
+            assert resume_gw.cli("session", "revoke", window).returncode == 0
+        (tmp_path / "answers" / "code").write_text(resume_gw.code(user) + "\n")
+        line.cut()
+        c.wait_for("imap stream resumed")
+        assert client.noop()[0] == "OK"  # the same session: no new login, no new SELECT
+        client.logout()
+    prompts = (tmp_path / "answers" / "prompts").read_text().splitlines()
+    assert prompts == ["Password: ", "One-time code: ", "One-time code: "]
+    resumed = [e for e in _events(resume_gw, "stream_resume", before) if e["result"] == "ok"]
+    assert len(resumed) == 1
+    logins = [
+        e
+        for e in _events(resume_gw, "auth", before)
+        if e.get("user") == user and e["door"] == "ssh"
+    ]
+    assert [e["result"] for e in logins].count("ok") == 2  # the first link, the one after the cut
+    assert all("window" not in str(e["factor"]) for e in logins if e["result"] == "ok")
 
 
 def test_a_stream_gone_past_its_grace_is_logged_out_upstream_and_refused(
