@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ssl
+from pathlib import Path
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from roamgate.config import Listener
 from roamgate.demo.dovecot import free_port
+from roamgate.store import open_store
 from roamgate.web.app import WebDoor, create_app
-from roamgate.web.health import PROBE
+from roamgate.web.health import PROBE, HealthProbe
 from tests.web.conftest import WebUnderTest
 
 
@@ -82,3 +85,13 @@ async def test_metrics_only_for_allowed_addresses(web_app: WebUnderTest) -> None
             assert "roamgate_" not in await r.text()
         async with other.get("/healthz") as r:
             assert r.status == 503
+
+
+async def test_an_unusable_store_is_a_fail_not_a_500(web_app: WebUnderTest, tmp_path: Path) -> None:
+    # A real store whose connection is gone (as when the database goes away under the process).
+    store = await open_store(str(tmp_path / "other.db"), create=True)
+    await store.close()
+    probe = HealthProbe(dataclasses.replace(web_app.rt, store=store))
+    health = await probe.health()
+    assert health.body() == {"status": "fail", "store": "fail", "upstream_imap": "fail"}
+    assert not health.ok
