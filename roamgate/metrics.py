@@ -115,7 +115,11 @@ class Metrics:
             handler(self, record)
 
     def record_callback(self, channel: str, outcome: str) -> None:
-        """Count a finished callback verification (ok, denied, timeout, failed, ...)."""
+        """Count a finished callback verification (confirmed, denied, expired, failed, ...).
+
+        The callback_result audit event already calls this; call it directly only for an
+        outcome that is not audited as callback_result, or it is counted twice.
+        """
         self.callback_outcomes.labels(self._channel(channel), self._outcome(outcome)).inc()
 
     def render(self) -> bytes:
@@ -155,6 +159,15 @@ class Metrics:
             if isinstance(count, int) and not isinstance(count, bool) and count > 0:
                 self.relayed_bytes.labels(door, direction).inc(count)
 
+    def _callback_result(self, record: AuditRecord) -> None:
+        # The callback machine audits each final state once, as callback_result with the
+        # channel and the outcome (confirmed, denied, expired, failed) in the detail.
+        channel, outcome = record.detail.get("channel"), record.detail.get("outcome")
+        self.record_callback(
+            channel if isinstance(channel, str) else "",
+            outcome if isinstance(outcome, str) else record.result,
+        )
+
     def _lock(self, record: AuditRecord) -> None:
         scope = record.detail.get("scope")
         self.lockouts.labels(
@@ -167,4 +180,5 @@ _HANDLERS = {
     "session_open": Metrics._session_open,
     "session_close": Metrics._session_close,
     "lock": Metrics._lock,
+    "callback_result": Metrics._callback_result,
 }

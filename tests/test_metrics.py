@@ -129,3 +129,20 @@ async def test_a_failing_observer_does_not_fail_the_audit(tmp_path: Path, clock:
     assert value(m, "roamgate_logins_total", door="imaps", result="ok", factor="password+totp",
                  reason="none") == 1  # fmt: skip
     await auditor.store.close()
+
+
+async def test_callback_results_are_counted_from_the_audit(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    auditor, m = await auditor_with_metrics(tmp_path, clock)
+    for outcome in ("confirmed", "confirmed", "expired"):
+        await auditor.record("callback_result", "ok" if outcome == "confirmed" else "fail",
+                             user="bob", door="imaps", detail={"channel": "webhook",
+                             "outcome": outcome, "callback_id": 7})  # fmt: skip
+    await auditor.record("callback_result", "fail", user="bob", door="ssh",
+                         detail={"channel": "approve", "outcome": "denied"})  # fmt: skip
+    name = "roamgate_callback_outcomes_total"
+    assert value(m, name, channel="webhook", outcome="confirmed") == 2
+    assert value(m, name, channel="webhook", outcome="expired") == 1
+    assert value(m, name, channel="approve", outcome="denied") == 1
+    await auditor.store.close()
