@@ -4,8 +4,9 @@
 set -euo pipefail
 
 # dovecot-imapd: the corporate IMAP server; oathtool: an independent OTP generator; openssh-client
-# and mutt: real clients; openssh-server: the anchor that bench/ssh_tunnel.py measures against.
-want=(dovecot-imapd oathtool openssl openssh-client openssh-server mutt)
+# and mutt: real clients; openssh-server: the anchor that bench/ssh_tunnel.py measures against;
+# postfix: the upstream submission server behind the submission door (a private instance).
+want=(dovecot-imapd oathtool openssl openssh-client openssh-server mutt postfix)
 missing=()
 for pkg in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -31,6 +32,8 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # The package starts the system Dovecot; roamgate runs its own private instance and
 # needs none listening on the standard ports.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet dovecot 2>/dev/null; then
-    systemctl stop dovecot || true
-fi
+for service in dovecot postfix; do
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$service" 2>/dev/null; then
+        systemctl stop "$service" || true
+    fi
+done
