@@ -201,6 +201,7 @@ class SubmissionSession(SMTP):
         self.failures = 0
         self.helo = ""
         self._spool: Spool | None = None  # the message being received, if any
+        self._abandon_recorded = False
         self._bdat: tuple[Spool, HeaderScanner] | None = None
         self._refused: str | None = None
         self._hold: contextlib.ExitStack | None = None
@@ -215,7 +216,10 @@ class SubmissionSession(SMTP):
             ident="roamgate",
             # An SSH tunnel is encrypted already: no STARTTLS there.
             tls_context=None if (tunnel or door.implicit_tls) else door.ssl_context,
-            require_starttls=not tunnel and not door.implicit_tls,
+            # aiosmtpd's require_starttls would answer every other verb itself, unaudited;
+            # instead AUTH is refused here (smtp_AUTH) and MAIL and the rest by
+            # check_auth_needed, both audited; nothing else leads anywhere before AUTH.
+            require_starttls=False,
             timeout=float(self.settings.idle_timeout_seconds),
             # AUTH needs TLS; with implicit TLS and in a tunnel it is there from the start
             # (aiosmtpd only knows of its own STARTTLS). The AUTH-before-MAIL rule is
@@ -253,13 +257,7 @@ class SubmissionSession(SMTP):
             self._hold = None
         pending = self._spool or (self._bdat[0] if self._bdat is not None else None)
         if pending is not None:
-            # The client stopped mid-DATA (or between BDAT chunks): nothing goes upstream,
-            # and QUIT below ends the upstream's half-made transaction.
-            audit = self._audit_message(
-                "fail", "client_disconnected_in_data", pending.size, None,
-                self._envelope_detail(),
-            )  # fmt: skip
-            self.door.spawn(audit, "audit")
+            self._abandoned(pending)
         if self._bdat is not None:
             self._bdat[0].close()
             self._bdat = None
@@ -269,6 +267,21 @@ class SubmissionSession(SMTP):
         self._password = None
         self.door.session_removed(self)
         super().connection_lost(error)
+
+    def _abandoned(self, spool: Spool) -> None:
+        """The client stopped mid-DATA (or between BDAT chunks): nothing goes upstream.
+
+        Called from the cancelled DATA reader or from connection_lost, whichever comes
+        first (aiosmtpd cancels the reader on EOF before the transport reports the loss);
+        the QUIT that connection_lost sends ends the upstream's half-made transaction.
+        """
+        if self._abandon_recorded:
+            return
+        self._abandon_recorded = True
+        audit = self._audit_message(
+            "fail", "client_disconnected_in_data", spool.size, None, self._envelope_detail()
+        )
+        self.door.spawn(audit, "audit")
 
     def _grace_over(self) -> None:
         if self.user is None and self.transport is not None:
@@ -361,6 +374,18 @@ class SubmissionSession(SMTP):
 
     async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:
         return await self._check(await super().auth_LOGIN(server, args))
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        if self.tls_context is not None and self._tls_protocol is None:
+            # The STARTTLS door before STARTTLS: no credentials over plaintext.
+            await self.rt.auditor.record(
+                "submission", "fail", source=self.source, door=self.door.name,
+                reason="auth_before_tls", detail={"session_id": self.session_id},
+            )  # fmt: skip
+            await self.push("530 5.7.0 Must issue a STARTTLS command first")
+            return
+        await super().smtp_AUTH(arg)
 
     def _device(self) -> str:
         if self.tunnel_user is not None:
@@ -682,6 +707,7 @@ class SubmissionSession(SMTP):
         spool = self._spool = self._new_spool()
         scanner = HeaderScanner()
         too_long = False
+        ended = False  # the final dot came: only then is anything sent on
         try:
             fragment = False  # the last piece read was part of an over-long line
             while self.transport is not None:
@@ -696,11 +722,21 @@ class SubmissionSession(SMTP):
                     fragment = False  # the end of an over-long line
                     continue
                 if line == b".\r\n":
+                    ended = True
                     break
                 if line.startswith(b"."):
                     line = line[1:]
                 spool.write(line)
                 scanner.feed(line)
+        except (asyncio.CancelledError, asyncio.IncompleteReadError):
+            ended = False
+            raise
+        finally:
+            if not ended:
+                self._abandoned(spool)
+                self._spool = None
+                spool.close()
+        try:
             self._spool = None
             if too_long:
                 await self.push("500 5.5.2 Line too long (see RFC 5321 4.5.3.1.6)")
@@ -730,16 +766,20 @@ class SubmissionSession(SMTP):
         spool, scanner = self._bdat
         self._spool = spool
         left = size
-        while left > 0:
-            chunk = await self._reader.readexactly(min(left, 64 * 1024))
-            left -= len(chunk)
-            spool.write(chunk)
-            scanner.feed(chunk)
+        try:
+            while left > 0:
+                chunk = await self._reader.readexactly(min(left, 64 * 1024))
+                left -= len(chunk)
+                spool.write(chunk)
+                scanner.feed(chunk)
+        except asyncio.IncompleteReadError:
+            return  # the client went away mid-chunk: connection_lost records it
         if not last:
             if spool.overflow:
+                reply = await self._oversize(spool)
                 self._drop_bdat()
                 self._reset_envelope()
-                await self.push(await self._oversize(spool))
+                await self.push(reply)
                 return
             self._spool = None  # between chunks: nothing is in flight
             await self.push(f"250 2.0.0 {size} octets received")
