@@ -29,6 +29,7 @@ class SubmissionGateway:
     postfix: PrivatePostfix
     smtps_port: int
     starttls_port: int
+    spool_dir: Path
 
     def smtps(self) -> smtplib.SMTP_SSL:
         return smtplib.SMTP_SSL("127.0.0.1", self.smtps_port, context=self.gw.context(), timeout=60)
@@ -78,6 +79,8 @@ def sub_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SubmissionGatew
             postfix.start()
             try:
                 smtps_port, starttls_port = free_port(), free_port()
+                spool_dir = tmp / "spool"
+                spool_dir.mkdir()
                 users = json.dumps(
                     {
                         "erin": {"max_messages_per_hour": ERIN_PER_HOUR},
@@ -99,13 +102,13 @@ def sub_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SubmissionGatew
                     replace={
                         "  # sender_domain: example.com ": "  sender_domain: example.com ",
                         "  max_recipients: 50 ": f"  failure_delay_ms: 100\n"
-                        f"  spool_memory_bytes: 65536\n  max_recipients: {MAX_RECIPIENTS} ",
+                        f"  spool_memory_bytes: 65536\n  spool_dir: {json.dumps(str(spool_dir))}\n  max_recipients: {MAX_RECIPIENTS} ",
                         "  users: {} ": f"  users: {users} ",
                     },
                 ) as gw:
                     wait_for_port(smtps_port, gw.process, gw.log_file)
                     wait_for_port(starttls_port, gw.process, gw.log_file)
-                    yield SubmissionGateway(gw, postfix, smtps_port, starttls_port)
+                    yield SubmissionGateway(gw, postfix, smtps_port, starttls_port, spool_dir)
             finally:
                 postfix.stop()
     finally:
