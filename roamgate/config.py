@@ -389,8 +389,13 @@ def _cross_checks(cfg: Config, lines: dict[str, int], *, key_files: bool) -> lis
                 problem = ssh_host_key_problem(p)
                 if problem is not None:
                     at(key, problem)
-    if cfg.upstream.imap.tls == "none" and not _is_loopback(cfg.upstream.imap.host):
-        at("upstream.imap.tls", "'none' is only allowed for an upstream on this machine (loopback)")
+    for name in ("imap", "smtp"):
+        server: UpstreamServer | None = getattr(cfg.upstream, name)
+        if server is not None and server.tls == "none" and not _is_loopback(server.host):
+            at(
+                f"upstream.{name}.tls",
+                "'none' is only allowed for an upstream on this machine (loopback)",
+            )
     return issues
 
 

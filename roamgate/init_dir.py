@@ -151,7 +151,8 @@ tls:
   client_certificates: none        # none | optional | required
 
 # The SSH door forwards only to named services: `imap` (roamgate's own IMAP proxy, no new
-# code needed in the tunnel), `submission` (upstream.smtp) and the forwards listed here.
+# code needed in the tunnel), `submission` (roamgate's own submission door, relaying to
+# upstream.smtp) and the forwards listed here.
 ssh:
   host_key_files:
     - ssh_host_ed25519_key
