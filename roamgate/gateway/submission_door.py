@@ -528,15 +528,20 @@ class SubmissionSession(SMTP):
             detail={"session_id": self.session_id, "mode": self.settings.upstream_login, **detail},
         )
 
-    async def _upstream_command(self, line: str) -> Reply | str:
+    async def _upstream_command(self, line: str, *, retry: bool = False) -> Reply | str:
+        """One command upstream; with retry, a connection the upstream dropped while the
+        client was idle (its own timeout) is replaced once, at a transaction's start."""
+        reused = self.upstream is not None
         conn = await self._upstream()
         if isinstance(conn, str):
             return conn
         try:
             return await conn.command(line)
         except (UpstreamSmtpError, OSError, ssl.SSLError) as exc:
-            log.warning("submission %s: upstream failed: %s", self.session_id, exc)
             await self._drop_upstream()
+            if retry and reused:
+                return await self._upstream_command(line)
+            log.warning("submission %s: upstream failed: %s", self.session_id, exc)
             await self._refuse_upstream("upstream_failed")
             return UPSTREAM_UNAVAILABLE
 
@@ -612,7 +617,8 @@ class SubmissionSession(SMTP):
             if _MAIL_PARAM_EXTENSION.get(o.partition("=")[0]) in caps
             or o.partition("=")[0] not in _MAIL_PARAM_EXTENSION
         ]
-        reply = await self._upstream_command(" ".join([f"MAIL FROM:<{address}>", *params]))
+        command = " ".join([f"MAIL FROM:<{address}>", *params])
+        reply = await self._upstream_command(command, retry=True)
         if isinstance(reply, str):
             return reply
         if reply.ok:
