@@ -288,7 +288,7 @@ def test_messages_per_hour_are_limited(sub_gw: SubmissionGateway) -> None:
 
 
 def test_no_secret_reaches_a_log(sub_gw: SubmissionGateway) -> None:
-    # Runs last in this module: every password, code and AUTH blob above is looked for.
+    # Every password, code and AUTH blob the tests above sent is looked for.
     with sub_gw.login("carol") as client:
         client.noop()
     logs = sub_gw.gw.logs()
@@ -303,3 +303,22 @@ def test_no_secret_reaches_a_log(sub_gw: SubmissionGateway) -> None:
     for delivered in sub_gw.postfix.delivered():
         for line in _received_by_gateway(delivered):
             assert not any(s in line for s in sub_gw.secrets_seen())
+
+
+def test_connections_beyond_the_per_source_cap_are_refused(sub_gw: SubmissionGateway) -> None:
+    held = []
+    try:
+        for _ in range(10):  # submission.max_connections_per_source (default 10)
+            client = sub_gw.smtps()
+            held.append(client)
+        raw = socket.create_connection(("127.0.0.1", sub_gw.smtps_port), timeout=30)
+        with (
+            sub_gw.gw.context().wrap_socket(raw, server_hostname="127.0.0.1") as sock,
+            sock.makefile("rb") as stream,
+        ):
+            assert stream.readline().startswith(b"421 4.7.0 Too many connections")
+    finally:
+        for client in held:
+            client.close()
+    refused = [e for e in sub_gw.events("connection_refused") if e["door"] == "submissions"]
+    assert refused and refused[-1]["reason"] == "source_connection_limit"
