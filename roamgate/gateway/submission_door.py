@@ -561,6 +561,8 @@ class SubmissionSession(SMTP):
     ) -> list[str]:
         session.host_name = hostname
         self.helo = hostname
+        # EHLO resets the transaction (RFC 5321 4.1.4): the upstream's too.
+        await self._reset_upstream()
         caps = self.door.upstream_caps
         kept = [
             r
@@ -576,6 +578,17 @@ class SubmissionSession(SMTP):
             kept.append("250-CHUNKING")
         kept.append("250-ENHANCEDSTATUSCODES")
         return [*kept, responses[-1]]
+
+    async def handle_HELO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str
+    ) -> Any:
+        self.helo = hostname
+        await self._reset_upstream()
+        return MISSING  # aiosmtpd's own answer
+
+    async def _reset_upstream(self) -> None:
+        if self.upstream is not None:
+            await self._upstream_command("RSET")
 
     def _size_limit(self) -> int:
         assert self.rules is not None
@@ -650,10 +663,7 @@ class SubmissionSession(SMTP):
 
     async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> Any:
         self._drop_bdat()
-        if self.upstream is not None:
-            reply = await self._upstream_command("RSET")
-            if isinstance(reply, str):
-                return reply
+        await self._reset_upstream()
         return MISSING
 
     async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> Any:
@@ -745,6 +755,8 @@ class SubmissionSession(SMTP):
         try:
             self._spool = None
             if too_long:
+                await self._audit_message("fail", "line_too_long", spool.size)
+                await self._reset_upstream()
                 await self.push("500 5.5.2 Line too long (see RFC 5321 4.5.3.1.6)")
             else:
                 await self.push(await self._finish(spool, scanner))
@@ -804,8 +816,7 @@ class SubmissionSession(SMTP):
 
     async def _oversize(self, spool: Spool) -> str:
         await self._audit_message("fail", MESSAGE_TOO_LARGE.reason, spool.size)
-        if self.upstream is not None:
-            await self._upstream_command("RSET")
+        await self._reset_upstream()
         return MESSAGE_TOO_LARGE.reply
 
     async def _finish(self, spool: Spool, scanner: HeaderScanner) -> str:
@@ -816,8 +827,7 @@ class SubmissionSession(SMTP):
         refusal = scanner.check(self.rules)
         if refusal is not None:
             await self._audit_message("fail", refusal.reason, spool.size)
-            if self.upstream is not None:
-                await self._upstream_command("RSET")
+            await self._reset_upstream()
             return refusal.reply
         upstream = await self._upstream()
         if isinstance(upstream, str):

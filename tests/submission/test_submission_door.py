@@ -287,6 +287,30 @@ def test_messages_per_hour_are_limited(sub_gw: SubmissionGateway) -> None:
     assert sub_gw.wait_for_event("submission", "rate_limited")["user"] == "erin"
 
 
+def test_the_session_stays_usable_after_a_reset_or_a_refused_message(
+    sub_gw: SubmissionGateway,
+) -> None:
+    with sub_gw.login("carol") as client:
+        # A new EHLO mid-transaction resets it here and upstream alike.
+        assert client.mail("carol@example.com")[0] == 250
+        assert client.rcpt("x@example.com")[0] == 250
+        assert client.ehlo()[0] == 250
+        # A line over 1000 octets (RFC 5321 4.5.3.1.6) ends the message with 500, nothing sent.
+        assert client.mail("carol@example.com")[0] == 250
+        assert client.rcpt("x@example.com")[0] == 250
+        long_line = message("carol@example.com", "x@example.com", "long", "z" * 1200)
+        code, text = client.data(long_line + b"long-line-marker\r\n")
+        assert code == 500 and b"Line too long" in text
+        client.sendmail(
+            "carol@example.com",
+            ["x@example.com"],
+            message("carol@example.com", "x@example.com", "after", "after-reset-marker"),
+        )
+    sub_gw.postfix.wait_for(b"after-reset-marker")
+    assert sub_gw.wait_for_event("submission_message", "line_too_long")["user"] == "carol"
+    assert not [m for m in sub_gw.postfix.delivered() if b"long-line-marker" in m]
+
+
 def test_no_secret_reaches_a_log(sub_gw: SubmissionGateway) -> None:
     # Every password, code and AUTH blob the tests above sent is looked for.
     with sub_gw.login("carol") as client:
