@@ -74,6 +74,23 @@ def test_a_dotted_line_and_bdat_arrive_unchanged(sub_gw: SubmissionGateway) -> N
     assert ".chunked body, 8 bit: é".encode() in chunked
 
 
+def test_smtputf8_and_8bitmime_as_the_upstream_offers_them(sub_gw: SubmissionGateway) -> None:
+    with sub_gw.login("carol") as client:
+        for extension in ("8bitmime", "smtputf8", "chunking", "size", "enhancedstatuscodes"):
+            assert client.has_extn(extension), extension
+        body = "From: carol@example.com\r\nTo: José <josé@example.com>\r\n"
+        body += "Subject: Grüße aus Zürich\r\n\r\nutf8-marker: 日本語のメール\r\n"
+        refused = client.sendmail(
+            "carol@example.com",
+            ["josé@example.com"],
+            body.encode(),
+            mail_options=["SMTPUTF8", "BODY=8BITMIME"],
+        )
+        assert refused == {}
+    delivered = sub_gw.postfix.wait_for("utf8-marker: 日本語のメール".encode())
+    assert "Subject: Grüße aus Zürich".encode() in delivered
+
+
 def test_a_signed_message_keeps_a_valid_signature(
     sub_gw: SubmissionGateway, tmp_path: Path
 ) -> None:
