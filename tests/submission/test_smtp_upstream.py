@@ -11,8 +11,9 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from roamgate.config import UpstreamServer
 from roamgate.demo.dovecot import free_port
-from roamgate.gateway.smtp_upstream import Reply, UpstreamSmtp
+from roamgate.gateway.smtp_upstream import Reply, UpstreamSmtp, UpstreamSmtpError
 from roamgate.gateway.submission_spool import Spool
+from tests.submission.conftest import SubmissionGateway
 
 
 class _Inbox:
@@ -81,3 +82,17 @@ def test_a_multi_line_reply_goes_back_whole() -> None:
     reply = Reply(250, ("first", "second", "last"))
     assert reply.wire() == "250-first\r\n250-second\r\n250 last"
     assert reply.ok and not Reply(452, ("x",)).ok
+
+
+async def test_the_upstream_certificate_is_verified(sub_gw: SubmissionGateway) -> None:
+    port = sub_gw.postfix.port
+    good = UpstreamServer(
+        host="127.0.0.1", port=port, tls="starttls", ca_file=sub_gw.gw.dovecot.ca_file
+    )
+    conn = await UpstreamSmtp.connect(good, "gw.test")
+    assert conn.has("AUTH") and conn.has("CHUNKING")  # AUTH only after Postfix's STARTTLS
+    await conn.quit()
+    # The gateway's own CA did not sign Postfix's certificate: no connection, no credentials.
+    wrong = UpstreamServer(host="127.0.0.1", port=port, tls="starttls", ca_file=sub_gw.gw.ca_file)
+    with pytest.raises(UpstreamSmtpError, match="TLS failed"):
+        await UpstreamSmtp.connect(wrong, "gw.test")
