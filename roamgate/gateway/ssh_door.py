@@ -104,6 +104,9 @@ class SshDoor:
         return list(keypairs)
 
     async def start(self) -> None:
+        if self.submission is not None:
+            # What the tunnel's SMTP sessions may offer in EHLO (8BITMIME, CHUNKING, ...).
+            self.submission.spawn(self.submission.probe_upstream(), "submission-probe")
         self._acceptor = await asyncssh.listen(
             self.listener.host,
             self.listener.port,

@@ -24,7 +24,8 @@ from tests.submission.conftest import (
 
 def _received_by_gateway(delivered: bytes) -> list[str]:
     msg = message_from_bytes(delivered)
-    return [h for h in msg.get_all("Received") or [] if "(roamgate)" in h]
+    received = [str(h) for h in msg.get_all("Received") or []]
+    return [h for h in received if "(roamgate)" in h]
 
 
 def test_smtps_relays_to_postfix_and_says_who_sent(sub_gw: SubmissionGateway) -> None:
