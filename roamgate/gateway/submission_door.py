@@ -29,6 +29,7 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Se
 from roamgate.config import Listener, SubmissionSettings
 from roamgate.gateway.imap_door import _RememberingVerifier
 from roamgate.gateway.limits import ConnectionLimiter
+from roamgate.gateway.proxy_accept import Origin, ProxyAcceptor, TrustedProxies
 from roamgate.gateway.pump import Counted, relay
 from roamgate.gateway.serve import DOORS, Door
 from roamgate.gateway.smtp_upstream import Reply, UpstreamSmtp, UpstreamSmtpError
@@ -88,6 +89,7 @@ class SubmissionDoor:
         # The upstream's EHLO keywords as last seen: what the door may announce in turn.
         self.upstream_caps: dict[str, str] = {}
         self._server: asyncio.AbstractServer | None = None
+        self._proxied: ProxyAcceptor | None = None
         self._sessions: set[SubmissionSession] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.closing = False
@@ -96,6 +98,20 @@ class SubmissionDoor:
 
     async def start(self) -> None:
         assert self.listener is not None
+        self.spawn(self.probe_upstream(), "submission-probe")
+        if self.listener.proxy_protocol:
+            # Behind a load balancer: the acceptor reads the PROXY header, then the session
+            # runs on the socket with the client's address from it.
+            self._proxied = ProxyAcceptor(
+                self.name,
+                self.listener.host,
+                self.listener.port,
+                TrustedProxies(self.rt.config.trusted_proxies),
+                self.rt.auditor,
+                self._accept_proxied,
+            )
+            await self._proxied.start()
+            return
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: SubmissionSession(self),
@@ -104,7 +120,18 @@ class SubmissionDoor:
             ssl=self.ssl_context if self.implicit_tls else None,
             ssl_handshake_timeout=30 if self.implicit_tls else None,
         )
-        self.spawn(self.probe_upstream(), "submission-probe")
+
+    async def _accept_proxied(self, sock: socket.socket, origin: Origin) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(
+                lambda: SubmissionSession(self, source=origin.source, port=origin.port),
+                sock,
+                ssl=self.ssl_context if self.implicit_tls else None,
+                ssl_handshake_timeout=30 if self.implicit_tls else None,
+            )
+        except (ssl.SSLError, ConnectionError, OSError, TimeoutError):
+            sock.close()
 
     async def probe_upstream(self) -> None:
         """Learn the upstream's extensions before the first client asks (EHLO comes first)."""
@@ -165,6 +192,8 @@ class SubmissionDoor:
         self.closing = True
         if self._server is not None:
             self._server.close()
+        if self._proxied is not None:
+            await self._proxied.close()
         for session in list(self._sessions):
             session.shut_down()
         with contextlib.suppress(TimeoutError):
@@ -191,8 +220,10 @@ class SubmissionSession(SMTP):
         self.rt = door.rt
         self.settings = door.settings
         self.tunnel_user = tunnel_user
+        # Given for a tunnel or a PROXY header; else the peer's address (connection_made).
         self.source = source or "?"
         self.port = port
+        self._source_given = source is not None
         self.user: UserRecord | None = None
         self.rules: SenderRules | None = None
         self._password: str | None = None  # kept for a passthrough AUTH upstream, never logged
@@ -234,7 +265,7 @@ class SubmissionSession(SMTP):
         first = self.transport is None
         if first:
             peer = transport.get_extra_info("peername")
-            if self.tunnel_user is None and isinstance(peer, tuple):
+            if not self._source_given and isinstance(peer, tuple):
                 self.source, self.port = str(peer[0]), int(peer[1])
             if self.tunnel_user is None:
                 self._refused = self.door.limiter.admit(self.source)
