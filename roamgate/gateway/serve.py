@@ -32,6 +32,7 @@ DOORS: dict[str, DoorFactory] = {}
 DOOR_MODULES = (
     "roamgate.gateway.imap_door",
     "roamgate.gateway.ssh_door",
+    "roamgate.web.app",
     "roamgate.gateway.submission_door",
 )
 
