@@ -31,6 +31,7 @@ from roamgate.gateway.imap_door import ImapDoor
 from roamgate.gateway.limits import ConnectionLimiter
 from roamgate.gateway.proxy_accept import Origin, ProxyAcceptor, TrustedProxies
 from roamgate.gateway.pump import Counted, relay
+from roamgate.gateway.resumable import ResumableService
 from roamgate.gateway.serve import DOORS, Door
 from roamgate.gateway.submission_door import SubmissionDoor
 from roamgate.login.authenticator import LoginResult
@@ -75,6 +76,8 @@ class SshDoor:
             if rt.config.upstream.smtp is not None
             else None
         )
+        # `imap-resume`: IMAP sessions kept across line drops (gateway/resumable.py).
+        self.resume = ResumableService(rt, self.imap, self.settings.resume, door=self.name)
         self.limiter = ConnectionLimiter(
             self.settings.max_connections, self.settings.max_connections_per_source
         )
@@ -131,6 +134,7 @@ class SshDoor:
         if self.submission is not None:
             # What the tunnel's SMTP sessions may offer in EHLO (8BITMIME, CHUNKING, ...).
             self.submission.spawn(self.submission.probe_upstream(), "submission-probe")
+        self.resume.start()  # the grace-period clock, whichever way connections are accepted
         if self.listener.proxy_protocol:
             # asyncssh.listen accepts (and reads) sockets itself, so it cannot skip a PROXY
             # header. Instead ProxyAcceptor accepts, reads exactly the header (peek, then consume
@@ -197,6 +201,7 @@ class SshDoor:
         # connection_lost of each connection schedules its closing bookkeeping.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._drained.wait(), 10)
+        await self.resume.close()
         await self.imap.close()
         if self.submission is not None:
             await self.submission.close()
@@ -563,6 +568,9 @@ class _SshConnection(asyncssh.SSHServer):
             forwards=self.settings.forwards,
             submission=(smtp.host, smtp.port) if smtp is not None else None,
         )
+        resume_off = not self.settings.resume.enabled
+        if isinstance(target, Service) and target.kind == "imap-resume" and resume_off:
+            target = Refusal("resume_disabled")
         if isinstance(target, Refusal):
             self._audit("forward_refused", "fail", reason=target.reason, detail={"asked": asked})
             raise asyncssh.ChannelOpenError(
@@ -596,7 +604,16 @@ class _SshConnection(asyncssh.SSHServer):
         )  # fmt: skip
         reason = "closed"
         try:
-            if service.kind == "imap":
+            if service.kind == "imap-resume":
+                compression = self.conn.get_extra_info("send_compression") if self.conn else None
+                reason = await self.door.resume.serve_channel(
+                    channel,
+                    self.user.name,
+                    self.source,
+                    self.port,
+                    link_compressed=compression not in (None, "none"),
+                )
+            elif service.kind == "imap":
                 compression = self.conn.get_extra_info("send_compression") if self.conn else None
                 await self.door.imap.serve_stream(
                     channel,
