@@ -9,6 +9,7 @@ import secrets
 import ssl
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from roamgate.config import Listener
 from roamgate.gateway.imap_relay import ImapRelay, RelaySettings
@@ -47,6 +48,19 @@ PRELOGIN_LIMITS = Limits(max_line=8 * KIB, max_literal=4 * KIB, max_depth=4)
 PRELOGIN_LITERAL_TOTAL = 8 * KIB
 # ID keys the gateway sets itself; a client must not forge its own address upstream.
 _RESERVED_ID_PREFIX = "x-"
+# RFC 3501 7.1.5: the untagged BYE a draining shutdown sends between commands.
+SHUTDOWN_BYE = b"roamgate: server shutting down"
+# How often a draining session looks whether its transfer has finished.
+_DRAIN_POLL = 0.05
+
+
+@dataclass
+class DrainCounts:
+    """How a door's connections ended in a draining shutdown (for serve_stop's audit)."""
+
+    sessions_drained: int = 0  # logged in, told BYE at a quiet moment
+    sessions_cut: int = 0  # still busy at the deadline: BYE if possible, then closed
+    prelogin_closed: int = 0  # not logged in yet: BYE at once
 
 
 class Disconnect(Exception):
@@ -172,6 +186,42 @@ class ImapDoor:
         self.lean_cache = LeanCache()
         self._connections: set[asyncio.Task[None]] = set()
         self._closing = False
+        # SIGTERM: sessions end at their next quiet moment, or at drain_deadline (monotonic).
+        self.draining = asyncio.Event()
+        self.drain_deadline = 0.0
+        self.drain_counts = DrainCounts()
+
+    def reload(self, rt: Runtime) -> None:
+        """SIGHUP: new sessions use the new settings; the TLS certificate changes in place."""
+        self.settings = rt.config.imap_proxy
+        self.limiter.total = self.settings.max_connections
+        self.limiter.per_source = self.settings.max_connections_per_source
+        self.relay_settings = RelaySettings(
+            idle_timeout=float(self.settings.idle_timeout_seconds),
+            idle_renew=float(self.settings.idle_renew_seconds),
+            keepalive=float(self.settings.keepalive_seconds),
+        )
+        self.profiles = rt.config.link_profiles()
+        # The listening socket keeps this context object: loading the new pair into it gives
+        # every later handshake the new certificate, while connections made before keep their
+        # own (OpenSSL copies the certificate into each connection). The caller has checked
+        # the pair in a fresh context first, so a bad pair never gets this far.
+        tls = rt.config.tls
+        self.ssl_context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+
+    async def drain(self, deadline: float) -> DrainCounts:
+        """Stop accepting at once; end each session at a quiet moment, all by the deadline."""
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        self.drain_deadline = deadline
+        self.draining.set()
+        if self._connections:
+            # The margin lets sessions cut at the deadline write their session_close.
+            await asyncio.wait(
+                set(self._connections), timeout=max(0.0, deadline - time.monotonic()) + 8
+            )
+        return self.drain_counts
 
     async def start(self) -> None:
         assert self.listener is not None
@@ -310,8 +360,31 @@ class _Connection:
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError
-        data = await asyncio.wait_for(self.reader.read(READ_SIZE), left)
-        self.parser.receive_data(data)
+        draining = self.door.draining
+        if draining.is_set():
+            await self._shutdown_before_login()
+        read = asyncio.ensure_future(self.reader.read(READ_SIZE))
+        drain = asyncio.ensure_future(draining.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {read, drain}, timeout=left, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            drain.cancel()
+            if not read.done():
+                read.cancel()
+        if read in done:
+            self.parser.receive_data(read.result())
+        elif drain in done:
+            await self._shutdown_before_login()
+        else:
+            raise TimeoutError
+
+    async def _shutdown_before_login(self) -> None:
+        self.door.drain_counts.prelogin_closed += 1
+        with contextlib.suppress(OSError, ssl.SSLError, ConnectionError, TimeoutError):
+            await asyncio.wait_for(self._send(b"* BYE " + SHUTDOWN_BYE + b"\r\n"), 5)
+        raise Disconnect("server shutting down")
 
     async def _prelogin(self) -> tuple[UpstreamImap, UserRecord, str]:
         while True:
@@ -627,18 +700,57 @@ class _Connection:
     async def _watch(self, relay: ImapRelay, relay_task: asyncio.Task[str], session_id: str) -> str:
         """Wait for the relay; meanwhile keep the session record fresh and obey revocations."""
         interval = self.door.settings.session_check_seconds
-        while True:
-            done, _ = await asyncio.wait({relay_task}, timeout=interval)
+        draining = self.door.draining
+        drain_wait = asyncio.ensure_future(draining.wait())
+        try:
+            while True:
+                if draining.is_set():
+                    return await self._drain_session(relay, relay_task)
+                done, _ = await asyncio.wait(
+                    {relay_task, drain_wait}, timeout=interval, return_when=asyncio.FIRST_COMPLETED
+                )
+                if relay_task in done:
+                    return relay_task.result()
+                if drain_wait in done:
+                    continue
+                if await self._check_session(relay, session_id):
+                    relay_task.cancel()
+                    return "revoked"
+        finally:
+            drain_wait.cancel()
+
+    async def _drain_session(self, relay: ImapRelay, relay_task: asyncio.Task[str]) -> str:
+        """Shutdown: BYE when nothing is in flight, or at the drain deadline regardless."""
+        counts = self.door.drain_counts
+        while not relay.quiescent() and time.monotonic() < self.door.drain_deadline:
+            done, _ = await asyncio.wait({relay_task}, timeout=_DRAIN_POLL)
             if done:
                 return relay_task.result()
-            record = await self.rt.store.get_session(session_id)
-            if record is not None and record.end_requested_at is not None:
-                await relay.end(b"Session ended by the administrator.")
-                relay_task.cancel()
-                return "revoked"
-            await self.rt.store.touch_session(
-                session_id, self.rt.clock(), relay.bytes_in, relay.bytes_out
-            )
+        if relay.quiescent():
+            counts.sessions_drained += 1
+            reason = "server_shutdown"
+        else:
+            counts.sessions_cut += 1
+            reason = "drain_timeout"
+        await relay.end(SHUTDOWN_BYE)
+        if reason == "drain_timeout":
+            # A client that stopped reading would hold a graceful close open: cut it.
+            transport = getattr(self.writer, "transport", None)
+            if transport is not None:
+                transport.abort()
+        relay_task.cancel()
+        return reason
+
+    async def _check_session(self, relay: ImapRelay, session_id: str) -> bool:
+        """True when the session was revoked (the client has been told)."""
+        record = await self.rt.store.get_session(session_id)
+        if record is not None and record.end_requested_at is not None:
+            await relay.end(b"Session ended by the administrator.")
+            return True
+        await self.rt.store.touch_session(
+            session_id, self.rt.clock(), relay.bytes_in, relay.bytes_out
+        )
+        return False
 
 
 async def _open_imaps(rt: Runtime, listener: Listener) -> Door:

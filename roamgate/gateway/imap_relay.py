@@ -86,6 +86,19 @@ class RelaySettings:
     keepalive: float = 120.0  # an untagged OK to an idling client when all is quiet
 
 
+def write_backlog(writer: Writer) -> int:
+    """Bytes written but not yet handed to the kernel (TCP/TLS) or the SSH channel."""
+    inner: object = writer
+    for _ in range(3):  # through a DeflateWriter and a Counted wrapper (SSH forwards)
+        inner = getattr(inner, "_inner", None) or getattr(inner, "_writer", None) or inner
+    for name in ("transport", "channel"):
+        holder = getattr(inner, name, None)
+        size = getattr(holder, "get_write_buffer_size", None)
+        if size is not None:
+            return int(size())
+    return 0
+
+
 class RelayEnded(Exception):
     """Internal: one side finished; the reason goes to the audit trail."""
 
@@ -178,6 +191,7 @@ class ImapRelay:
         self._prefetch_probe = False  # the proxy's FETCH asks for UIDs only
         self._wake = asyncio.Event()  # wakes the client pump for a prefetch
         self._read_task: asyncio.Future[bytes] | None = None
+        self._in_command = False  # the client's current command has not ended yet
 
     # -- running
     async def run(self) -> str:
@@ -211,6 +225,22 @@ class ImapRelay:
     async def end(self, text: bytes) -> None:
         """Close from outside (admin revoke, shutdown): a BYE between lines, if possible."""
         await self._bye(text)
+
+    def quiescent(self) -> bool:
+        """Nothing in flight: no command half read or unanswered (an IDLE aside), no response
+        half written, and everything written has left for the client. A BYE now cuts nothing
+        (a draining shutdown waits for this)."""
+        owed = self._outstanding - {self._idle_tag}
+        return (
+            not owed
+            and not self._in_command
+            and self._await is None
+            and self._prefetch_tag is None
+            and self._lean is None
+            and not self._client_lock.locked()
+            and not self._client_buf
+            and write_backlog(self.cw) == 0
+        )
 
     # -- client -> upstream
     async def _client_event(self, wait: float | None, *, between: bool = False) -> Event | Signal:
@@ -275,6 +305,7 @@ class ImapRelay:
         literal_ok = False
         collecting: list[Event] | None = None  # a FETCH line held until it can be planned
         while True:
+            self._in_command = command is not None or collecting is not None
             if self._idle_tag is not None:
                 timeout = self._idle_wait_left()
             else:
