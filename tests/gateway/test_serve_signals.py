@@ -39,7 +39,9 @@ def mail(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateDovecot]:
         yield server
 
 
-def wait_audit(gw: Gateway, match: Callable[[dict[str, object]], bool], timeout: float = 30):  # type: ignore[no-untyped-def]
+def wait_audit(
+    gw: Gateway, match: Callable[[dict[str, object]], bool], timeout: float = 30
+) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = [e for e in gw.audit() if match(e)]
@@ -177,6 +179,7 @@ def test_sighup_reloads_the_certificate_and_survives_a_broken_config(
 
         # A new connection (Python's ssl, then openssl s_client) sees the new certificate.
         with gw.raw() as fresh:
+            assert isinstance(fresh, ssl.SSLSocket)
             der = fresh.getpeercert(binary_form=True)
             assert der is not None and _serial_of(der) == cert.serial_number != old_serial
         shown = subprocess.run(
@@ -214,9 +217,10 @@ def test_sighup_reloads_the_certificate_and_survives_a_broken_config(
         # A key that needs a restart is named, and its running value kept.
         gw.config.write_text(config_text.replace(f"port: {gw.imap_port}", "port: 1"))
         gw.process.send_signal(signal.SIGHUP)
-        reloads = lambda: [  # noqa: E731
-            e for e in gw.audit() if e["kind"] == "config_reload" and e["result"] == "ok"
-        ]
+
+        def reloads() -> list[dict[str, object]]:
+            return [e for e in gw.audit() if e["kind"] == "config_reload" and e["result"] == "ok"]
+
         wait_audit(gw, lambda e: len(reloads()) >= 2)
         detail = reloads()[-1]["detail"]
         assert isinstance(detail, dict) and detail["restart_needed"] == "listeners", detail
