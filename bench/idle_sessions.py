@@ -141,6 +141,9 @@ async def _measure(
     args: argparse.Namespace,
 ) -> None:
     pid = serve.pid
+    if args.tracemalloc:
+        serve.send_signal(signal.SIGUSR1)  # the baseline snapshot
+        await asyncio.sleep(5)
     before = _rss_kib(pid)
     began = time.monotonic()
     clients, failures = await _open_all(n, port, ctx, secret, args.concurrency)
@@ -152,6 +155,9 @@ async def _measure(
     await asyncio.sleep(args.idle_seconds)
     cpu1, t1 = _cpu_seconds(pid), time.monotonic()
     after_idle = _rss_kib(pid)
+    if args.tracemalloc:
+        serve.send_signal(signal.SIGUSR1)
+        await asyncio.sleep(10)
     per = (after - before) / max(ok, 1)
     print(
         f"N={n}: {ok} sessions open in {opened:.1f} s ({ok / opened:.0f} logins/s,"
@@ -179,10 +185,36 @@ async def _measure(
     await asyncio.sleep(0.5)
 
 
-def _start_serve(config: Path, log: Path) -> subprocess.Popen[bytes]:
+# `--tracemalloc FILE`: serve runs with tracemalloc on and writes its top allocations (by line)
+# to FILE when it gets SIGUSR1, which the bench sends once all sessions sit idle.
+_TRACED_SERVE = """
+import gc, signal, sys, tracemalloc
+tracemalloc.start(1)
+base = []
+def dump(*_):
+    gc.collect()
+    snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+    if not base:
+        base.append(snap)
+        return
+    with open(sys.argv[1], "w") as out:
+        total = sum(s.size_diff for s in snap.compare_to(base[0], "filename"))
+        out.write(f"traced growth since the baseline: {total / 1024:.0f} KiB\\n")
+        for stat in snap.compare_to(base[0], "lineno")[:40]:
+            out.write(f"{stat}\\n")
+signal.signal(signal.SIGUSR1, dump)
+from roamgate.cli import main
+sys.exit(main(["serve", "-c", sys.argv[2]]))
+"""
+
+
+def _start_serve(config: Path, log: Path, traced: str | None) -> subprocess.Popen[bytes]:
+    argv = ["-m", "roamgate", "serve", "-c", str(config)]
+    if traced is not None:
+        argv = ["-c", _TRACED_SERVE, traced, str(config)]
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "roamgate", "serve", "-c", str(config)],
+            [sys.executable, *argv],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -206,6 +238,7 @@ def main() -> int:
     parser.add_argument("--sessions", default="1000,5000", help="comma-separated N values")
     parser.add_argument("--idle-seconds", type=float, default=30.0)
     parser.add_argument("--concurrency", type=int, default=50, help="logins under way at once")
+    parser.add_argument("--tracemalloc", metavar="FILE", help="write serve's top allocations here")
     args = parser.parse_args()
     sizes = [int(x) for x in args.sessions.split(",")]
     nofile = _raise_nofile()
@@ -251,7 +284,7 @@ def main() -> int:
             secret = PASSWORD + pyotp.HOTP(token["secret"]).at(0)
             ctx = ssl.create_default_context(cafile=str(gw / "tls" / "ca.pem"))
             for n in sizes:
-                serve = _start_serve(config, gw / "serve.log")
+                serve = _start_serve(config, gw / "serve.log", args.tracemalloc)
                 try:
                     asyncio.run(_one_size(n, serve, imaps, ctx, secret, args))
                 finally:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import calendar
 import json
 import os
-import time
 from pathlib import Path
 
 from roamgate.audit import rotate_and_prune

@@ -190,6 +190,7 @@ class ImapDoor:
         self.draining = asyncio.Event()
         self.drain_deadline = 0.0
         self.drain_counts = DrainCounts()
+        self.drain_waiters: set[asyncio.Future[str]] = set()
 
     def reload(self, rt: Runtime) -> None:
         """SIGHUP: new sessions use the new settings; the TLS certificate changes in place."""
@@ -216,6 +217,9 @@ class ImapDoor:
             self._server.close()
         self.drain_deadline = deadline
         self.draining.set()
+        for waiter in self.drain_waiters:
+            if not waiter.done():
+                waiter.set_result("drain")
         if self._connections:
             # The margin lets sessions cut at the deadline write their session_close.
             await asyncio.wait(
@@ -701,7 +705,9 @@ class _Connection:
         """Wait for the relay; meanwhile keep the session record fresh and obey revocations."""
         interval = self.door.settings.session_check_seconds
         draining = self.door.draining
-        drain_wait = asyncio.ensure_future(draining.wait())
+        # A bare future the door resolves when it drains (lighter than a task per session).
+        drain_wait: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.door.drain_waiters.add(drain_wait)
         try:
             while True:
                 if draining.is_set():
@@ -717,6 +723,7 @@ class _Connection:
                     relay_task.cancel()
                     return "revoked"
         finally:
+            self.door.drain_waiters.discard(drain_wait)
             drain_wait.cancel()
 
     async def _drain_session(self, relay: ImapRelay, relay_task: asyncio.Task[str]) -> str:

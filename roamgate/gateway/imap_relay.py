@@ -189,7 +189,10 @@ class ImapRelay:
         self._prefetch_due = False
         self._prefetch_tag: bytes | None = None
         self._prefetch_probe = False  # the proxy's FETCH asks for UIDs only
-        self._wake = asyncio.Event()  # wakes the client pump for a prefetch
+        # Wakes the client pump for a prefetch: a flag and a bare future while the pump waits
+        # (an Event.wait() task per idle session cost more memory than the rest of the wake-up).
+        self._woken = False
+        self._waker: asyncio.Future[object] | None = None
         self._read_task: asyncio.Future[bytes] | None = None
         self._in_command = False  # the client's current command has not ended yet
 
@@ -252,7 +255,7 @@ class ImapRelay:
             event = self.cp.next_event()
             if event is NEED_DATA:
                 await self._flush_up()
-                self._wake.clear()
+                self._woken = False
                 if between and self._prefetch_due and self._idle_tag is None:
                     await self._prefetch()
                 try:
@@ -277,13 +280,17 @@ class ImapRelay:
         """
         if self._read_task is None:
             self._read_task = asyncio.ensure_future(self.cr.read(READ_SIZE))
-        waker: asyncio.Future[object] = asyncio.ensure_future(self._wake.wait())
+        waker: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        if self._woken:
+            waker.set_result(None)
+        self._waker = waker
         reading: asyncio.Future[object] = self._read_task  # type: ignore[assignment]
         try:
             done, _ = await asyncio.wait(
                 {reading, waker}, timeout=wait, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
+            self._waker = None
             waker.cancel()
         if reading in done:
             task, self._read_task = self._read_task, None
@@ -628,7 +635,9 @@ class ImapRelay:
             self.cache.drop_mailbox(self.user_name, name, keep_uidvalidity=self._uidvalidity)
         if self.profile.prefetch_depth and self._uids and self.cache is not None:
             self._prefetch_due = True
-            self._wake.set()
+            self._woken = True
+            if self._waker is not None and not self._waker.done():
+                self._waker.set_result(None)
 
     async def _prefetch(self, pending: bytes | None = None) -> None:
         """The newest messages' renditions into the cache, before the client's next command.

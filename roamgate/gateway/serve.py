@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from roamgate import __version__
 from roamgate.alerts import AlertSender
 from roamgate.config import Config, ConfigError, Listener
+from roamgate.gateway import tls_buffers
 from roamgate.gateway.housekeeping import Housekeeping
 from roamgate.gateway.reload import read_new_config
 from roamgate.runtime import Runtime, open_runtime
@@ -82,6 +83,7 @@ class _Signals:
 
 async def serve(cfg: Config, *, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
+    tls_buffers.install()
     sigs = _Signals(stop)
     load_doors()
     loop = asyncio.get_running_loop()
