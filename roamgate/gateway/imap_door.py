@@ -38,7 +38,7 @@ from roamgate.login.authenticator import LoginResult
 from roamgate.login.profile_choice import LoginName, choose_profile, split_login
 from roamgate.login.verifiers import Outcome, PasswordVerifier
 from roamgate.runtime import Runtime
-from roamgate.store.base import SessionRecord, UserRecord
+from roamgate.store.base import SessionRecord, StoreError, UserRecord
 
 log = logging.getLogger("roamgate.imap")
 
@@ -50,6 +50,8 @@ PRELOGIN_LITERAL_TOTAL = 8 * KIB
 _RESERVED_ID_PREFIX = "x-"
 # RFC 3501 7.1.5: the untagged BYE a draining shutdown sends between commands.
 SHUTDOWN_BYE = b"roamgate: server shutting down"
+# An idle session's record (last seen) is refreshed this often; a busy one at every check.
+SESSION_TOUCH_SECONDS = 60.0
 # How often a draining session looks whether its transfer has finished.
 _DRAIN_POLL = 0.05
 
@@ -61,6 +63,16 @@ class DrainCounts:
     sessions_drained: int = 0  # logged in, told BYE at a quiet moment
     sessions_cut: int = 0  # still busy at the deadline: BYE if possible, then closed
     prelogin_closed: int = 0  # not logged in yet: BYE at once
+
+
+@dataclass
+class _LiveSession:
+    """A logged-in session as the door's watcher sees it."""
+
+    relay: ImapRelay
+    revoked: asyncio.Future[str]
+    touched_at: float
+    touched: tuple[int, int] = (0, 0)  # bytes in and out when the record was last written
 
 
 class Disconnect(Exception):
@@ -191,6 +203,42 @@ class ImapDoor:
         self.drain_deadline = 0.0
         self.drain_counts = DrainCounts()
         self.drain_waiters: set[asyncio.Future[str]] = set()
+        self.live: dict[str, _LiveSession] = {}
+        self._watcher: asyncio.Task[None] | None = None
+
+    def start_watcher(self) -> None:
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.get_running_loop().create_task(
+                self._watch_sessions(), name=f"{self.name}-session-watch"
+            )
+
+    async def _watch_sessions(self) -> None:
+        """Every session_check_seconds: one store query finds revoked sessions among this
+        door's; a session's record is rewritten only when its byte counts moved, or once
+        every SESSION_TOUCH_SECONDS while idle (a query and a write per idle session every
+        few seconds was most of the gateway's CPU with thousands of idle sessions)."""
+        while True:
+            await asyncio.sleep(self.settings.session_check_seconds)
+            if not self.live:
+                continue
+            try:
+                await self._check_sessions()
+            except StoreError as exc:
+                log.error("session check failed: %s", exc)
+
+    async def _check_sessions(self) -> None:
+        store = self.rt.store
+        for record in await store.list_sessions(open_only=True):
+            live = self.live.get(record.id)
+            revoked = live is not None and record.end_requested_at is not None
+            if revoked and live is not None and not live.revoked.done():
+                live.revoked.set_result("revoked")
+        now = self.rt.clock()
+        for session_id, live in list(self.live.items()):
+            counts = (live.relay.bytes_in, live.relay.bytes_out)
+            if counts != live.touched or now - live.touched_at >= SESSION_TOUCH_SECONDS:
+                await store.touch_session(session_id, now, *counts)
+                live.touched, live.touched_at = counts, now
 
     def reload(self, rt: Runtime) -> None:
         """SIGHUP: new sessions use the new settings; the TLS certificate changes in place."""
@@ -245,6 +293,8 @@ class ImapDoor:
 
     async def close(self) -> None:
         self._closing = True
+        if self._watcher is not None:
+            self._watcher.cancel()
         if self._server is not None:
             self._server.close()
         for task in list(self._connections):
@@ -702,29 +752,34 @@ class _Connection:
             )
 
     async def _watch(self, relay: ImapRelay, relay_task: asyncio.Task[str], session_id: str) -> str:
-        """Wait for the relay; meanwhile keep the session record fresh and obey revocations."""
-        interval = self.door.settings.session_check_seconds
+        """Wait for the relay, a revocation (the door's watcher polls the store for all its
+        sessions at once) or a draining shutdown."""
         draining = self.door.draining
-        # A bare future the door resolves when it drains (lighter than a task per session).
-        drain_wait: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        # Bare futures the door resolves (lighter than a task per session).
+        loop = asyncio.get_running_loop()
+        drain_wait: asyncio.Future[str] = loop.create_future()
+        live = _LiveSession(relay, loop.create_future(), self.rt.clock())
         self.door.drain_waiters.add(drain_wait)
+        self.door.live[session_id] = live
+        self.door.start_watcher()
         try:
             while True:
                 if draining.is_set():
                     return await self._drain_session(relay, relay_task)
                 done, _ = await asyncio.wait(
-                    {relay_task, drain_wait}, timeout=interval, return_when=asyncio.FIRST_COMPLETED
+                    {relay_task, drain_wait, live.revoked}, return_when=asyncio.FIRST_COMPLETED
                 )
                 if relay_task in done:
                     return relay_task.result()
-                if drain_wait in done:
-                    continue
-                if await self._check_session(relay, session_id):
+                if live.revoked in done:
+                    await relay.end(b"Session ended by the administrator.")
                     relay_task.cancel()
                     return "revoked"
         finally:
+            self.door.live.pop(session_id, None)
             self.door.drain_waiters.discard(drain_wait)
             drain_wait.cancel()
+            live.revoked.cancel()
 
     async def _drain_session(self, relay: ImapRelay, relay_task: asyncio.Task[str]) -> str:
         """Shutdown: BYE when nothing is in flight, or at the drain deadline regardless."""
@@ -747,17 +802,6 @@ class _Connection:
                 transport.abort()
         relay_task.cancel()
         return reason
-
-    async def _check_session(self, relay: ImapRelay, session_id: str) -> bool:
-        """True when the session was revoked (the client has been told)."""
-        record = await self.rt.store.get_session(session_id)
-        if record is not None and record.end_requested_at is not None:
-            await relay.end(b"Session ended by the administrator.")
-            return True
-        await self.rt.store.touch_session(
-            session_id, self.rt.clock(), relay.bytes_in, relay.bytes_out
-        )
-        return False
 
 
 async def _open_imaps(rt: Runtime, listener: Listener) -> Door:
