@@ -362,6 +362,8 @@ userdb {{
             return ""
         return f"""service imap {{
   client_limit = {_SESSIONS_PER_PROCESS}
+  service_count = 0
+  process_limit = {self.max_connections // _SESSIONS_PER_PROCESS + 20}
 }}
 """
 
