@@ -648,12 +648,18 @@ class _SshConnection(asyncssh.SSHServer):
         except (ConnectionError, OSError):
             reason = "connection_lost"
         finally:
+            channel.close()
+            if self.door._closing:
+                # OpenSSH drops channel data it has not written out yet (an IMAP BYE) when the
+                # connection is disconnected: let the client close its side of the channel
+                # before the drain disconnects it.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(channel.wait_closed(), 2)
             self._channels.discard(channel)
             if not self._channels:
                 self.no_channels.set()
             self.bytes_in += channel.bytes_read
             self.bytes_out += channel.bytes_written
-            channel.close()
             await self.rt.auditor.record(
                 "forward_close",
                 "ok" if reason == "closed" else "error",

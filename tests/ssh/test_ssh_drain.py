@@ -34,11 +34,13 @@ def test_sigterm_byes_the_tunnelled_session_then_disconnects_ssh(
             "bob", SSH_USERS["bob"], code, f"127.0.0.1:{local}:imap:143"
         ) as (ssh, _answers):
             client = imaplib.IMAP4("127.0.0.1", local, timeout=30)
-            client.login("bob", SSH_USERS["bob"])
-            assert client.select("INBOX")[0] == "OK"
-            gw.process.send_signal(signal.SIGTERM)
-            assert client.readline() == b"* BYE roamgate: server shutting down\r\n"
-            client.shutdown()
+            try:
+                client.login("bob", SSH_USERS["bob"])
+                assert client.select("INBOX")[0] == "OK"
+                gw.process.send_signal(signal.SIGTERM)
+                assert client.readline() == b"* BYE roamgate: server shutting down\r\n"
+            finally:
+                client.shutdown()
             assert ssh.wait(30) is not None  # the SSH connection was closed by the gateway
             assert gw.process.wait(40) == 0
         stop = [e for e in gw.audit() if e["kind"] == "serve_stop"][-1]
