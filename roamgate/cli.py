@@ -269,6 +269,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_limit, default=200)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(run=audit_log.show, needs="runtime")
+    # `roamgate audit` alone searches; `roamgate audit export` writes everything matching.
+    audit_sub = p.add_subparsers(dest="action", metavar="ACTION")
+    audit_sub.required = False
+    p = audit_sub.add_parser(
+        "export", parents=[cfg], help="write matching events as JSON lines, oldest first"
+    )
+    p.add_argument("--since", help="ISO time (UTC unless it says otherwise) or e.g. 7d")
+    p.add_argument("--until", help="ISO time; events before it")
+    p.add_argument("--user")
+    p.add_argument("--output", metavar="PATH", help="file to write, or - for stdout (default)")
+    p.set_defaults(run=audit_log.export, needs="runtime")
     return parser
 
 

@@ -251,6 +251,27 @@ class AuditSettings:
 
     file: Path = Path("audit.jsonl")
     retention_days: int = field(default=400, metadata=int_range(1, 36500))
+    # How often `serve` drops records older than retention_days (store and rotated files).
+    prune_interval_seconds: int = field(default=3600, metadata=int_range(1, 86400))
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """A webhook told about lockouts, failure bursts and the upstream going away (and back)."""
+
+    url: str
+    # Signs each POST (HMAC-SHA256); from a file or the environment, never inline.
+    secret: Secret
+    timeout_seconds: int = field(default=5, metadata=int_range(1, 60))
+    max_attempts: int = field(default=5, metadata=int_range(1, 20))
+    retry_base_seconds: int = field(default=1, metadata=int_range(1, 300))
+    # Alerts waiting to be sent; when full, new ones are dropped (counted, logged), never waited for.
+    queue_size: int = field(default=1000, metadata=int_range(1, 100000))
+    # This many failed logins from one source network within the window: one alert per window.
+    failure_threshold: int = field(default=20, metadata=int_range(1, 100000))
+    failure_window_seconds: int = field(default=300, metadata=int_range(1, 86400))
+    # How often the upstream IMAP server is probed (a connection and its greeting).
+    upstream_check_seconds: int = field(default=30, metadata=int_range(1, 3600))
 
 
 @dataclass(frozen=True)
@@ -309,6 +330,9 @@ class Config:
     doctor: DoctorSettings = field(default_factory=DoctorSettings)
     # Link profiles by name: added to the built-in ones (lan, isdn, phs, pda) or replacing one.
     profiles: dict[str, LinkProfile] = field(default_factory=dict)
+    alerts: AlertSettings | None = None
+    # SIGTERM: how long in-flight transfers may run on before the doors close regardless.
+    drain_seconds: int = field(default=30, metadata=int_range(0, 3600))
     # Load balancers (addresses or CIDR networks) whose PROXY headers the doors with
     # `proxy_protocol: true` believe; nobody else may connect to those doors.
     trusted_proxies: tuple[str, ...] = ()
@@ -458,6 +482,8 @@ def _cross_checks(cfg: Config, lines: dict[str, int], *, key_files: bool) -> lis
                 problem = ssh_host_key_problem(p)
                 if problem is not None:
                     at(key, problem)
+    if cfg.alerts is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", cfg.alerts.url):
+        at("alerts.url", f"expected an http:// or https:// URL, got {cfg.alerts.url!r}")
     if cfg.web.base_url is not None and not cfg.web.base_url.startswith("https://"):
         at("web.base_url", f"expected an https:// address, got {cfg.web.base_url!r}")
     web = cfg.listeners.web

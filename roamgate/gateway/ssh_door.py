@@ -27,7 +27,7 @@ from typing import Any
 import asyncssh
 
 from roamgate.config import Listener, SshSettings
-from roamgate.gateway.imap_door import ImapDoor
+from roamgate.gateway.imap_door import DrainCounts, ImapDoor
 from roamgate.gateway.limits import ConnectionLimiter
 from roamgate.gateway.proxy_accept import Origin, ProxyAcceptor, TrustedProxies
 from roamgate.gateway.pump import Counted, relay
@@ -89,6 +89,8 @@ class SshDoor:
         self._closing = False
         self._drained = asyncio.Event()  # no connection and no bookkeeping left
         self._drained.set()
+        self.ssh_closed = 0  # draining shutdown: closed after their forwards finished
+        self.ssh_cut = 0  # closed at the drain deadline with forwards still open
 
     def connection_added(self, conn: _SshConnection) -> None:
         self._connections.add(conn)
@@ -190,6 +192,47 @@ class SshDoor:
             log.error("ssh task %s failed", task.get_name(), exc_info=task.exception())
         self._check_drained()
 
+    def reload(self, rt: Runtime) -> None:
+        """SIGHUP: limits, delays and forwards for later logins; host keys and keep-alives for
+        later connections (asyncssh applies acceptor options to connections accepted after)."""
+        assert rt.config.ssh is not None
+        self.settings = rt.config.ssh
+        self.limiter.total = self.settings.max_connections
+        self.limiter.per_source = self.settings.max_connections_per_source
+        self.imap.reload(rt)
+        if self._acceptor is not None:
+            self._acceptor.update(
+                server_host_keys=self._host_keys(),
+                login_timeout=float(self.settings.login_timeout_seconds),
+                keepalive_interval=float(self.settings.keepalive_seconds),
+                keepalive_count_max=self.settings.keepalive_count_max,
+            )
+        if self._proxied is not None:  # behind PROXY protocol: options per accepted socket
+            self._options = asyncssh.SSHServerConnectionOptions(**self._server_options())
+
+    async def drain(self, deadline: float) -> DrainCounts:
+        """Stop accepting; each connection is closed with a disconnect message once its
+        forwards have finished (tunnelled IMAP sessions get their BYE first), or at the deadline."""
+        self._closing = True
+        if self._acceptor is not None:
+            self._acceptor.close()
+        if self._proxied is not None:
+            await self._proxied.close()
+        imap = asyncio.ensure_future(self.imap.drain(deadline))
+        waits = [self._drain_connection(conn, deadline) for conn in list(self._connections)]
+        await asyncio.gather(*waits)
+        counts = await imap
+        return counts
+
+    async def _drain_connection(self, conn: _SshConnection, deadline: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(conn.no_channels.wait(), max(0.0, deadline - time.monotonic()))
+        if conn.busy():
+            self.ssh_cut += 1
+        else:
+            self.ssh_closed += 1
+        conn.shut_down()
+
     async def close(self) -> None:
         self._closing = True
         if self._acceptor is not None:
@@ -237,6 +280,8 @@ class _SshConnection(asyncssh.SSHServer):
         self._started = 0.0
         self._began = 0.0
         self._channels: set[Counted] = set()
+        self.no_channels = asyncio.Event()  # a draining shutdown waits for it
+        self.no_channels.set()
         self.bytes_in = 0  # of channels already closed
         self.bytes_out = 0
         self._watch: asyncio.Task[None] | None = None
@@ -272,6 +317,10 @@ class _SshConnection(asyncssh.SSHServer):
         if self.session_id is not None:
             reason = self._ended_by or ("connection_lost" if exc is not None else "closed")
             self.door.spawn(self._close_session(reason), f"ssh-close-{self.session_id}")
+
+    def busy(self) -> bool:
+        """A forward is open (its channel still carries data)."""
+        return bool(self._channels)
 
     def shut_down(self) -> None:
         if self.conn is not None:
@@ -592,6 +641,7 @@ class _SshConnection(asyncssh.SSHServer):
     async def _forward(self, service: Service, asked: str, channel: Counted) -> None:
         assert self.user is not None
         self._channels.add(channel)
+        self.no_channels.clear()
         began = time.monotonic()
         detail: dict[str, JsonValue] = {"service": service.name, "asked": asked}
         if service.kind == "tcp":
@@ -632,10 +682,18 @@ class _SshConnection(asyncssh.SSHServer):
         except (ConnectionError, OSError):
             reason = "connection_lost"
         finally:
+            channel.close()
+            if self.door._closing:
+                # OpenSSH drops channel data it has not written out yet (an IMAP BYE) when the
+                # connection is disconnected: let the client close its side of the channel
+                # before the drain disconnects it.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(channel.wait_closed(), 2)
             self._channels.discard(channel)
+            if not self._channels:
+                self.no_channels.set()
             self.bytes_in += channel.bytes_read
             self.bytes_out += channel.bytes_written
-            channel.close()
             await self.rt.auditor.record(
                 "forward_close",
                 "ok" if reason == "closed" else "error",
