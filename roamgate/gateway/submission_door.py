@@ -188,6 +188,34 @@ class SubmissionDoor:
         await relay(channel, reader, writer)
         return "closed"
 
+    def reload(self, rt: Runtime) -> None:
+        """SIGHUP: later sessions get the new limits and policy; the certificate changes in place."""
+        self.settings = rt.config.submission
+        self.limiter.total = self.settings.max_connections
+        self.limiter.per_source = self.settings.max_connections_per_source
+        # As the IMAP door does: the listening socket keeps this context, so loading the new
+        # pair gives later handshakes the new certificate (serve checked the pair first).
+        tls = rt.config.tls
+        self.ssl_context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+
+    async def drain(self, deadline: float) -> None:
+        """SIGTERM: stop accepting; idle sessions hear 421 now, a message being sent finishes."""
+        self.closing = True
+        if self._server is not None:
+            self._server.close()
+        if self._proxied is not None:
+            await self._proxied.close()
+        for session in list(self._sessions):
+            session.shut_down()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drained.wait(), max(0.0, deadline - time.monotonic()))
+        if self._sessions:
+            log.warning(
+                "%s: %d session(s) still sending at the drain deadline; closing them",
+                self.name,
+                len(self._sessions),
+            )
+
     async def close(self) -> None:
         self.closing = True
         if self._server is not None:
@@ -795,6 +823,12 @@ class SubmissionSession(SMTP):
             self._spool = None
             spool.close()
             self._reset_envelope()
+        self._leave_if_draining()
+
+    def _leave_if_draining(self) -> None:
+        # A drain let this message finish; the client hears why the line closes now.
+        if self.door.closing:
+            self.shut_down()
 
     @syntax("BDAT size [LAST]")
     async def smtp_BDAT(self, arg: str) -> None:
@@ -840,6 +874,7 @@ class SubmissionSession(SMTP):
         finally:
             spool.close()
             self._reset_envelope()
+        self._leave_if_draining()
 
     async def _discard(self, size: int) -> None:
         while size > 0:
