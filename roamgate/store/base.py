@@ -306,7 +306,9 @@ class Store(abc.ABC):
 
     # -- callback policy, known sources and the outstanding callback
     @abc.abstractmethod
-    async def set_callback_policy(self, user_id: int, policy: CallbackPolicy, now: float) -> None: ...
+    async def set_callback_policy(
+        self, user_id: int, policy: CallbackPolicy, now: float
+    ) -> None: ...
 
     @abc.abstractmethod
     async def get_callback_policy(self, user_id: int) -> CallbackPolicy | None:

@@ -39,7 +39,7 @@ def test_a_code_confirms_once() -> None:
         Audit("callback_start", "ok", "webhook"),
         PlaceCall("webhook", ENDPOINT),
     ]
-    assert m.state is State.CALLING
+    assert m.state.value == "calling"
     [notice] = m.handle(ProviderAccepted(1))
     assert isinstance(notice, Notify)
     assert m.handle(ProviderStatus(2, "delivered")) == []
