@@ -52,6 +52,7 @@ from roamgate.login.throttle import Throttle
 from roamgate.login.verifiers import Outcome, PasswordVerifier
 from roamgate.secretbox import SecretBox, SecretBoxError
 from roamgate.store.base import (
+    AuditRecord,
     CallbackPolicy,
     CallbackRecord,
     DuplicateError,
@@ -358,6 +359,8 @@ class CallbackService:
             await fail("unknown_user_or_registration")
             await self.throttle.failure(None, source, door)
             return None
+        # Checked before the code, so a typo in the number does not use the code up.
+        new_address = check_address(old.channel, new_address)
         if await self.verifier.verify(user, password) is not Outcome.ACCEPTED:
             await fail("bad_password")
             await self.throttle.failure(user.name, source, door)
@@ -366,7 +369,6 @@ class CallbackService:
             await fail("bad_code")
             await self.throttle.failure(user.name, source, door)
             return None
-        new_address = check_address(old.channel, new_address)
         await self.store.remove_callback(old.id)
         registered = await self.register(user, old.channel, new_address, actor=user.name)
         notified = False
@@ -420,6 +422,7 @@ class _Run:
         self.changed = asyncio.Event()
         self.notice = ""
         self.tasks: list[asyncio.Task[None]] = []
+        self.writes: list[asyncio.Future[AuditRecord]] = []
         self._code = ""
         self._token = ""
         self._nonce = b""
@@ -452,7 +455,8 @@ class _Run:
             reg.address,
             expected,
             timeout=timeout,
-            max_attempts=s.settings.max_attempts,
+            # A device's proof is right or not: it gets no second try.
+            max_attempts=1 if reg.channel == "dialback" else s.settings.max_attempts,
         )
         self.pending = PendingCallback(
             "cb_" + secrets.token_hex(8), self.user.id, reg.channel, s.node, token_hash,
@@ -483,6 +487,8 @@ class _Run:
             if not self.machine.done:
                 # Cancelled (the client went away): the outcome is still audited once.
                 await self._act(self.machine.handle(Deny(self.s.clock(), "client_gone")))
+            # Audit events of the tasks just cancelled are written whole (they were shielded).
+            await asyncio.gather(*self.writes, return_exceptions=True)
         m = self.machine
         if m.state is State.CONFIRMED:
             return None
@@ -503,10 +509,15 @@ class _Run:
                 }
                 if action.outcome is not None:
                     detail["outcome"] = action.outcome
-                await self.s.auditor.record(
-                    action.kind, action.result, user=self.user.name, source=self.source,
-                    door=self.door, reason=action.reason, detail=detail,
+                write = asyncio.ensure_future(
+                    self.s.auditor.record(
+                        action.kind, action.result, user=self.user.name, source=self.source,
+                        door=self.door, reason=action.reason, detail=detail,
+                    )
                 )  # fmt: skip
+                self.writes.append(write)
+                # Shielded: the task feeding this event may be cancelled once the machine is done.
+                await asyncio.shield(write)
             elif isinstance(action, Notify):
                 self.notice = action.text
                 if not self.client.can_ask:
