@@ -87,7 +87,7 @@ def provider() -> Iterator[ProviderStub]:
     stub.stop()
 
 
-async def make_rig(tmp_path: Path, provider: ProviderStub, timeout: int = 20) -> Rig:
+async def make_rig(tmp_path: Path, provider: ProviderStub, wait_seconds: int = 20) -> Rig:
     store = await open_store(str(tmp_path / "gw.db"), create=True)
     box = SecretBox(os.urandom(32))
     audit_file = tmp_path / "audit.jsonl"
@@ -96,7 +96,7 @@ async def make_rig(tmp_path: Path, provider: ProviderStub, timeout: int = 20) ->
     throttle = Throttle(store, auditor, Lockout(), time.time)
     http_port = free_port()
     settings = CallbackSettings(
-        timeout_seconds=timeout,
+        timeout_seconds=wait_seconds,
         provider_url=provider.url,
         provider_secret=Secret("test", SECRET),
         public_url=f"http://127.0.0.1:{http_port}",
@@ -227,7 +227,7 @@ async def test_provider_status_callbacks_are_verified(rig: Rig) -> None:
 
 
 async def test_timeout(tmp_path: Path, provider: ProviderStub) -> None:
-    rig = await make_rig(tmp_path, provider, timeout=2)
+    rig = await make_rig(tmp_path, provider, wait_seconds=2)
     try:
         await rig.service.register(rig.user, "approve", "+15550100", actor="test")
         began = time.monotonic()
