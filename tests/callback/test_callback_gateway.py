@@ -252,7 +252,7 @@ def _connector(key_file: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
                 f"127.0.0.1:{port}",
                 "--callback-key-file",
                 str(key_file),
-            ],  # fmt: skip
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
