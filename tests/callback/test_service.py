@@ -317,3 +317,29 @@ async def test_changing_a_registration_needs_password_and_code_and_tells_the_old
         ("fail", "unknown_user_or_registration"),
         ("ok", None),
     ]
+
+
+async def test_an_ssh_client_gets_one_round_and_then_waits_for_the_link(rig: Rig) -> None:
+    await rig.service.register(rig.user, "approve", "+15550100", actor="test")
+    client = ScriptedClient(can_ask=True)
+    await client.answers.put("")  # Enter, pressed before the link was opened
+    held = asyncio.create_task(rig.hold(client))
+    msg = await asyncio.to_thread(rig.provider.wait_message, "approve")
+    await asyncio.sleep(1)
+    assert not held.done()
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(str(msg.body["url"]), data={"decision": "approve"}) as resp,
+    ):
+        assert resp.status == 200
+    assert await asyncio.wait_for(held, 10) is None
+    [(instruction, prompt)] = client.asked
+    assert prompt == "Calling you back - press Enter once you have answered: "
+    assert "approval link" in instruction
+
+
+async def test_without_a_waiting_client_or_a_registration_a_held_login_is_refused(rig: Rig) -> None:
+    assert await rig.service.hold(rig.user, IP, "cli") == "callback_no_waiting_client"
+    assert await rig.hold(ScriptedClient(can_ask=True)) == "callback_no_registration"
+    await rig.store.set_callback_policy(rig.user.id, "never", time.time())
+    assert await rig.hold(ScriptedClient(can_ask=True)) is None
