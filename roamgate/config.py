@@ -316,6 +316,17 @@ def _cross_checks(cfg: Config, lines: dict[str, int], *, key_files: bool) -> lis
 
     if cfg.callback is not None:
         cb = cfg.callback
+        if cb.http is not None and cb.http.enabled:
+            try:
+                ipaddress.ip_address(cb.http.host)
+            except ValueError:
+                at("callback.http.host", f"expected an IP address, got {cb.http.host!r}")
+            other = bound.get((cb.http.host, cb.http.port))
+            if other is not None:
+                at(
+                    "callback.http.port",
+                    f"port {cb.http.port} is already used by listeners.{other}",
+                )
         if not cb.channels:
             at("callback.channels", "name at least one of webhook, dialback, approve")
         needs_provider = {"webhook", "approve"}.intersection(cb.channels)

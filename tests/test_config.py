@@ -368,3 +368,9 @@ def test_callback_section(tmp_path: Path) -> None:
     assert cfg.callback.provider_secret is not None
     assert cfg.callback.provider_secret.value.strip() == b"s3cret"
     assert cfg.callback.default_policy == "never"
+
+
+def test_callback_http_listener_may_not_share_a_door_port(tmp_path: Path) -> None:
+    p = _write(tmp_path, GOOD + "callback:\n  channels: [dialback]\n  http: {port: 9993}\n")
+    [error] = _errors(p)
+    assert "callback.http.port: port 9993 is already used by listeners.imaps" in error
