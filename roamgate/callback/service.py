@@ -167,9 +167,11 @@ class CallbackService:
     async def hold(self, user: UserRecord, source: str, door: str) -> str | None:
         """LoginHold: None lets the login through, a reason refuses it."""
         policy = await self.store.get_callback_policy(user.id) or self.settings.default_policy
-        if policy == "never":
-            return None
         keys = source_keys(source, LOGIN_DEVICE.get())
+        if policy == "never":
+            # Remembered all the same: a later new_source policy starts from the known ones.
+            await self.store.note_known_sources(user.id, keys, self.clock())
+            return None
         if policy == "new_source" and not await self.store.unknown_sources(user.id, keys):
             await self.store.note_known_sources(user.id, keys, self.clock())
             return None

@@ -249,7 +249,10 @@ async def test_timeout(tmp_path: Path, provider: ProviderStub) -> None:
 
 
 async def test_new_source_policy(rig: Rig) -> None:
+    await rig.store.set_callback_policy(rig.user.id, "never", time.time())
+    assert await rig.hold(ScriptedClient(can_ask=False), "192.0.2.1") is None  # remembered
     await rig.store.set_callback_policy(rig.user.id, "new_source", time.time())
+    assert await rig.hold(ScriptedClient(can_ask=False), "192.0.2.77") is None
     await rig.service.register(rig.user, "approve", "+15550100", actor="test")
 
     async def approved(source: str, device: str | None = None) -> str | None:
