@@ -265,7 +265,12 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "run", None) is users.set_options and not (
+        args.profile or args.callback_policy
+    ):
+        parser.error("user set: say what to change: --profile NAME and/or --callback-policy POLICY")
     debug = bool(getattr(args, "debug", False))
     logging.basicConfig(level=logging.WARNING, format="roamgate: %(levelname)s %(message)s")
     try:
