@@ -473,8 +473,11 @@ class _Run:
                 ask = asyncio.get_running_loop().create_task(self._ask())
             next_keepalive = time.monotonic() + KEEPALIVE_SECONDS
             while not self.machine.done:
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
+                # that comes as the event is set, and a login whose client left would run on.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.changed.wait(), POLL_SECONDS)
+                    async with asyncio.timeout(POLL_SECONDS):
+                        await self.changed.wait()
                 self.changed.clear()
                 await self._poll_store()
                 await self.feed(Tick(self.s.clock()))
