@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import NoReturn
 
 from roamgate import __version__
-from roamgate.commands import audit_log, callbacks, sessions, setup, ssh_keys, tokens, users
+from roamgate.commands import (
+    audit_log,
+    callbacks,
+    sessions,
+    setup,
+    ssh_keys,
+    tokens,
+    users,
+    web_admin,
+)
 from roamgate.commands.common import CliError
 from roamgate.config import ConfigError, load_config
 from roamgate.runtime import Runtime, SetupError, open_runtime
@@ -98,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-config", parents=[cfg], help="validate a config file")
     p.set_defaults(run=setup.check_config, needs="sync")
+
+    p = sub.add_parser(
+        "doctor",
+        parents=[cfg],
+        help="check config, store, upstreams, certificates, clock and disk",
+        description="One line per check: OK, WARN or FAIL with a remedy."
+        " Exit code 0: all OK; 1: a WARN and no FAIL; 2: a FAIL.",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per check")
+    p.set_defaults(run=_doctor, needs="sync")
 
     p = sub.add_parser("serve", parents=[cfg], help="run the gateway")
     p.set_defaults(run=None, needs="serve")
@@ -230,6 +249,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user")
     p.add_argument("id", type=int, help="the registration's id, as 'callback list' shows it")
     p.set_defaults(run=callbacks.remove, needs="runtime")
+    p = sub.add_parser("invite", parents=[cfg], help="make a one-time enrollment link for a user")
+    p.add_argument("user")
+    p.add_argument(
+        "--expires-hours", type=_limit, default=None, metavar="N", help="default: web.invite_hours"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=web_admin.invite, needs="runtime")
+    p = sub.add_parser("invites", parents=[cfg], help="list open invites, or cancel one")
+    p.add_argument("--all", action="store_true", help="include used, cancelled and expired ones")
+    p.add_argument("--cancel", metavar="INVITE_ID", help="cancel this invite")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=web_admin.invites, needs="runtime")
+
+    device = sub.add_parser("device", help="device certificates").add_subparsers(
+        dest="action", metavar="ACTION"
+    )
+    device.required = True
+    p = device.add_parser("list", parents=[cfg], help="list device certificates")
+    p.add_argument("user", nargs="?")
+    p.add_argument("--all", action="store_true", help="include revoked ones")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=web_admin.device_list, needs="runtime")
+    p = device.add_parser("issue", parents=[cfg], help="issue a device certificate (PKCS#12)")
+    p.add_argument("user")
+    p.add_argument("--name", required=True, help="the device, e.g. 'work phone'")
+    p.add_argument("--out", required=True, metavar="FILE.p12")
+    p.set_defaults(run=web_admin.device_issue, needs="runtime")
+    p = device.add_parser("revoke", parents=[cfg], help="revoke a device certificate (CRL)")
+    p.add_argument("device_id")
+    p.set_defaults(run=web_admin.device_revoke, needs="runtime")
 
     p = sub.add_parser("audit", parents=[cfg], help="search the audit trail")
     p.add_argument("--user")
@@ -241,6 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(run=audit_log.show, needs="runtime")
     return parser
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from roamgate import doctor
+
+    return doctor.run(args)
 
 
 async def _with_runtime(args: argparse.Namespace, fn: Command) -> int:

@@ -85,6 +85,10 @@ def routes(service: CallbackService) -> list[web.RouteDef]:
         code, text = await service.provider_status(request.headers, body)
         return web.Response(status=code, text=text, headers={"Cache-Control": "no-store"})
 
+    # The web app's CSRF check does not apply: the link's token and the provider's signature
+    # are these requests' proof (the attribute roamgate.web.middlewares.csrf_exempt sets).
+    for handler in (approve_answer, status):
+        handler.roamgate_csrf_exempt = True  # type: ignore[attr-defined]
     return [
         web.get("/callback/approve/{token}", approve_page),
         web.post("/callback/approve/{token}", approve_answer),

@@ -10,9 +10,12 @@ import concurrent.futures
 import imaplib
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -320,3 +323,26 @@ def test_a_user_with_policy_never_is_not_called(cb: CbGateway) -> None:
     client.logout()
     assert len(cb.provider.messages) == n
     assert cb.audit("callback_start", "erin") == []
+
+
+def test_the_web_door_serves_the_callback_routes(cb: CbGateway) -> None:
+    from roamgate.config import load_config
+
+    web = load_config(cb.gw.config).listeners.web
+    assert web is not None
+    ctx = ssl.create_default_context(cafile=str(cb.gw.ca_file))
+    body = b'{"id": "cb_0000000000000000", "status": "failed"}'
+    req = urllib.request.Request(
+        f"https://127.0.0.1:{web.port}/callback/status",
+        data=body,
+        headers={"X-Roamgate-Timestamp": str(int(time.time())), "X-Roamgate-Signature": "v1=00"},
+        method="POST",
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=15, context=ctx)  # noqa: S310
+    assert refused.value.code == 403  # the signature check, not the web app's CSRF check
+    refused.value.close()
+    assert cb.gw.audit()[-1]["reason"] == "bad_signature"
+    url = f"https://127.0.0.1:{web.port}/callback/approve/{'A' * 43}"
+    with urllib.request.urlopen(url, timeout=15, context=ctx) as page:
+        assert page.status == 200 and b"Approve" in page.read()
