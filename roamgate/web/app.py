@@ -27,6 +27,7 @@ log = logging.getLogger("roamgate.web")
 # Forms are small; nothing larger is ever posted.
 MAX_REQUEST_BYTES = 64 * 1024
 _INVITE = re.compile(r"/invite/[^ ?]*")
+_APPROVE = re.compile(r"/callback/approve/[^ ?]*")
 
 routes = web.RouteTableDef()
 
@@ -110,7 +111,8 @@ class RedactingAccessLogger(AbstractAccessLogger):
     """One line per request, with an invite link's token cut out and no query string."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        path = _INVITE.sub("/invite/[token]", request.path)[:200]
+        path = _INVITE.sub("/invite/[token]", request.path)
+        path = _APPROVE.sub("/callback/approve/[token]", path)[:200]
         self.logger.info(
             "web %s %s %s %d %.3fs", request.remote, request.method, path, response.status, time
         )

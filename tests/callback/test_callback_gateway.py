@@ -346,3 +346,8 @@ def test_the_web_door_serves_the_callback_routes(cb: CbGateway) -> None:
     url = f"https://127.0.0.1:{web.port}/callback/approve/{'A' * 43}"
     with urllib.request.urlopen(url, timeout=15, context=ctx) as page:
         assert page.status == 200 and b"Approve" in page.read()
+    deadline = time.monotonic() + 10
+    while "/callback/approve/[token]" not in cb.gw.logs():  # the access log line, token cut out
+        assert time.monotonic() < deadline, cb.gw.logs()[-2000:]
+        time.sleep(0.1)
+    assert "A" * 43 not in cb.gw.logs()
