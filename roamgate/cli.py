@@ -101,6 +101,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--imaps-port", type=_port, default=9993, metavar="N")
     p.add_argument("--imap-port", type=_port, default=9143, metavar="N")
     p.add_argument("--web-port", type=_port, default=9443, metavar="N")
+    p.add_argument(
+        "--submission-port",
+        type=_port,
+        default=465,
+        metavar="N",
+        help="SMTP submission with TLS (written with --upstream-smtp; default 465)",
+    )
+    p.add_argument(
+        "--submission-starttls-port",
+        type=_port,
+        default=587,
+        metavar="N",
+        help="SMTP submission with STARTTLS (written with --upstream-smtp; default 587)",
+    )
     p.add_argument("--verifier", choices=["upstream", "local"], default="upstream")
     p.add_argument("--force", action="store_true", help="replace an existing gateway's files")
     p.set_defaults(run=setup.init, needs="sync")
@@ -289,6 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_limit, default=200)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(run=audit_log.show, needs="runtime")
+    # `roamgate audit` alone searches; `roamgate audit export` writes everything matching.
+    audit_sub = p.add_subparsers(dest="action", metavar="ACTION")
+    audit_sub.required = False
+    p = audit_sub.add_parser(
+        "export", parents=[cfg], help="write matching events as JSON lines, oldest first"
+    )
+    p.add_argument("--since", help="ISO time (UTC unless it says otherwise) or e.g. 7d")
+    p.add_argument("--until", help="ISO time; events before it")
+    p.add_argument("--user")
+    p.add_argument("--output", metavar="PATH", help="file to write, or - for stdout (default)")
+    p.set_defaults(run=audit_log.export, needs="runtime")
     return parser
 
 

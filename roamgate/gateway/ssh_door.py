@@ -4,7 +4,8 @@ Policy lives in small asyncssh hooks whose default is to refuse (see roamgate.ss
 no shell, exec, subsystem, agent or X11 (a session channel is refused outright: every one of
 those needs one), no remote or Unix-socket forwarding, no tun/tap, and direct-tcpip only to
 `imap` (roamgate's own IMAP proxy, logged in as the SSH user with the password alone),
-`submission` and the configured forwards. Each refusal is audited.
+`submission` (roamgate's own submission door: its policy and relay, see submission_door) and
+the configured forwards. Each refusal is audited.
 
 Authentication is one keyboard-interactive conversation: `Password: ` then `One-time code: `.
 A client that proves it holds a key (its signature) gives the door a device identity for the
@@ -27,17 +28,18 @@ import asyncssh
 
 from roamgate.callback.waiting import LOGIN_DEVICE, WAITING_CLIENT
 from roamgate.config import Listener, SshSettings
-from roamgate.gateway.imap_door import ImapDoor
+from roamgate.gateway.imap_door import DrainCounts, ImapDoor
 from roamgate.gateway.limits import ConnectionLimiter
 from roamgate.gateway.proxy_accept import Origin, ProxyAcceptor, TrustedProxies
 from roamgate.gateway.pump import Counted, relay
 from roamgate.gateway.resumable import ResumableService
 from roamgate.gateway.serve import DOORS, Door
+from roamgate.gateway.submission_door import SubmissionDoor
 from roamgate.login.authenticator import LoginResult
 from roamgate.runtime import Runtime
 from roamgate.ssh import algorithms
 from roamgate.ssh.callback_round import KbdRound
-from roamgate.ssh.forwards import Refusal, Service, resolve
+from roamgate.ssh.forwards import SUBMISSION, Refusal, Service, resolve
 from roamgate.store.base import JsonValue, SessionRecord, TravelWindow, UserRecord
 
 log = logging.getLogger("roamgate.ssh")
@@ -70,6 +72,12 @@ class SshDoor:
         self.settings: SshSettings = rt.config.ssh
         # The tunnel's IMAP target: the gateway's own proxy, without a listener of its own.
         self.imap = ImapDoor(rt, None, name="ssh-imap", implicit_tls=True)
+        # The tunnel's `submission`: the submission door's own SMTP session and relay.
+        self.submission = (
+            SubmissionDoor(rt, None, name="ssh-submission", implicit_tls=False)
+            if rt.config.upstream.smtp is not None
+            else None
+        )
         # `imap-resume`: IMAP sessions kept across line drops (gateway/resumable.py).
         self.resume = ResumableService(rt, self.imap, self.settings.resume, door=self.name)
         self.limiter = ConnectionLimiter(
@@ -83,6 +91,8 @@ class SshDoor:
         self._closing = False
         self._drained = asyncio.Event()  # no connection and no bookkeeping left
         self._drained.set()
+        self.ssh_closed = 0  # draining shutdown: closed after their forwards finished
+        self.ssh_cut = 0  # closed at the drain deadline with forwards still open
 
     def connection_added(self, conn: _SshConnection) -> None:
         self._connections.add(conn)
@@ -130,6 +140,9 @@ class SshDoor:
         }
 
     async def start(self) -> None:
+        if self.submission is not None:
+            # What the tunnel's SMTP sessions may offer in EHLO (8BITMIME, CHUNKING, ...).
+            self.submission.spawn(self.submission.probe_upstream(), "submission-probe")
         self.resume.start()  # the grace-period clock, whichever way connections are accepted
         if self.listener.proxy_protocol:
             # asyncssh.listen accepts (and reads) sockets itself, so it cannot skip a PROXY
@@ -186,6 +199,47 @@ class SshDoor:
             log.error("ssh task %s failed", task.get_name(), exc_info=task.exception())
         self._check_drained()
 
+    def reload(self, rt: Runtime) -> None:
+        """SIGHUP: limits, delays and forwards for later logins; host keys and keep-alives for
+        later connections (asyncssh applies acceptor options to connections accepted after)."""
+        assert rt.config.ssh is not None
+        self.settings = rt.config.ssh
+        self.limiter.total = self.settings.max_connections
+        self.limiter.per_source = self.settings.max_connections_per_source
+        self.imap.reload(rt)
+        if self._acceptor is not None:
+            self._acceptor.update(
+                server_host_keys=self._host_keys(),
+                login_timeout=float(self.settings.login_timeout_seconds),
+                keepalive_interval=float(self.settings.keepalive_seconds),
+                keepalive_count_max=self.settings.keepalive_count_max,
+            )
+        if self._proxied is not None:  # behind PROXY protocol: options per accepted socket
+            self._options = asyncssh.SSHServerConnectionOptions(**self._server_options())
+
+    async def drain(self, deadline: float) -> DrainCounts:
+        """Stop accepting; each connection is closed with a disconnect message once its
+        forwards have finished (tunnelled IMAP sessions get their BYE first), or at the deadline."""
+        self._closing = True
+        if self._acceptor is not None:
+            self._acceptor.close()
+        if self._proxied is not None:
+            await self._proxied.close()
+        imap = asyncio.ensure_future(self.imap.drain(deadline))
+        waits = [self._drain_connection(conn, deadline) for conn in list(self._connections)]
+        await asyncio.gather(*waits)
+        counts = await imap
+        return counts
+
+    async def _drain_connection(self, conn: _SshConnection, deadline: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(conn.no_channels.wait(), max(0.0, deadline - time.monotonic()))
+        if conn.busy():
+            self.ssh_cut += 1
+        else:
+            self.ssh_closed += 1
+        conn.shut_down()
+
     async def close(self) -> None:
         self._closing = True
         if self._acceptor is not None:
@@ -199,6 +253,8 @@ class SshDoor:
             await asyncio.wait_for(self._drained.wait(), 10)
         await self.resume.close()
         await self.imap.close()
+        if self.submission is not None:
+            await self.submission.close()
         if self._acceptor is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._acceptor.wait_closed(), 5)
@@ -231,6 +287,8 @@ class _SshConnection(asyncssh.SSHServer):
         self._started = 0.0
         self._began = 0.0
         self._channels: set[Counted] = set()
+        self.no_channels = asyncio.Event()  # a draining shutdown waits for it
+        self.no_channels.set()
         self.bytes_in = 0  # of channels already closed
         self.bytes_out = 0
         self._watch: asyncio.Task[None] | None = None
@@ -273,6 +331,10 @@ class _SshConnection(asyncssh.SSHServer):
         if self.session_id is not None:
             reason = self._ended_by or ("connection_lost" if exc is not None else "closed")
             self.door.spawn(self._close_session(reason), f"ssh-close-{self.session_id}")
+
+    def busy(self) -> bool:
+        """A forward is open (its channel still carries data)."""
+        return bool(self._channels)
 
     def shut_down(self) -> None:
         if self.conn is not None:
@@ -633,6 +695,7 @@ class _SshConnection(asyncssh.SSHServer):
     async def _forward(self, service: Service, asked: str, channel: Counted) -> None:
         assert self.user is not None
         self._channels.add(channel)
+        self.no_channels.clear()
         began = time.monotonic()
         detail: dict[str, JsonValue] = {"service": service.name, "asked": asked}
         if service.kind == "tcp":
@@ -664,15 +727,27 @@ class _SshConnection(asyncssh.SSHServer):
                     tunnel_user=self.user.name,
                     link_compressed=compression not in (None, "none"),
                 )
+            elif service.name == SUBMISSION and self.door.submission is not None:
+                reason = await self.door.submission.serve_tunnel(
+                    channel, self.source, self.port, self.user.name
+                )
             else:
                 reason = await self._tcp(service, channel)
         except (ConnectionError, OSError):
             reason = "connection_lost"
         finally:
+            channel.close()
+            if self.door._closing:
+                # OpenSSH drops channel data it has not written out yet (an IMAP BYE) when the
+                # connection is disconnected: let the client close its side of the channel
+                # before the drain disconnects it.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(channel.wait_closed(), 2)
             self._channels.discard(channel)
+            if not self._channels:
+                self.no_channels.set()
             self.bytes_in += channel.bytes_read
             self.bytes_out += channel.bytes_written
-            channel.close()
             await self.rt.auditor.record(
                 "forward_close",
                 "ok" if reason == "closed" else "error",

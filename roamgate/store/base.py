@@ -551,4 +551,20 @@ class Store(abc.ABC):
         """Matching events, oldest first; at most the newest `limit` of them."""
 
     @abc.abstractmethod
+    async def audit_page(
+        self,
+        *,
+        after: tuple[float, int] | None = None,
+        user_name: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 1000,
+    ) -> list[AuditRecord]:
+        """Matching events ordered by (ts, id), the first `limit` after the key `after`.
+
+        Keyset paging for `audit export`: the caller passes the (ts, id) of the last event it
+        got, so an export of any size walks the table in bounded pages.
+        """
+
+    @abc.abstractmethod
     async def delete_audit_before(self, ts: float) -> int: ...

@@ -925,6 +925,35 @@ class SqliteStore(Store):
         )
         return [_audit(r) for r in reversed(rows)]
 
+    async def audit_page(
+        self,
+        *,
+        after: tuple[float, int] | None = None,
+        user_name: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 1000,
+    ) -> list[AuditRecord]:
+        where: list[str] = []
+        params: list[Any] = []
+        if user_name is not None:
+            where.append("user_name = ?")
+            params.append(user_name)
+        if since is not None:
+            where.append("ts >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("ts < ?")
+            params.append(until)
+        if after is not None:
+            where.append("(ts > ? OR (ts = ? AND id > ?))")
+            params += [after[0], after[0], after[1]]
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._all(
+            f"SELECT {_AUDIT_COLS} FROM audit{clause} ORDER BY ts, id LIMIT ?", [*params, limit]
+        )
+        return [_audit(r) for r in rows]
+
     async def delete_audit_before(self, ts: float) -> int:
         return await self._run("DELETE FROM audit WHERE ts < ?", (ts,))
 

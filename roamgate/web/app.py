@@ -134,18 +134,24 @@ class WebDoor:
             shutdown_timeout=5,
         )
         self.site: web.TCPSite | None = None
+        # Browsers are never asked for a client certificate here (a prompt would confuse).
+        self.ssl_context = server_context(
+            dataclasses.replace(rt.config.tls, client_certificates="none")
+        )
 
     async def start(self) -> None:
         await self.runner.setup()
-        # Browsers are never asked for a client certificate here (a prompt would confuse).
-        files = dataclasses.replace(self.rt.config.tls, client_certificates="none")
         self.site = web.TCPSite(
             self.runner,
             self.listener.host,
             self.listener.port,
-            ssl_context=server_context(files),
+            ssl_context=self.ssl_context,
         )
         await self.site.start()
+
+    def reload(self, rt: Runtime) -> None:
+        """SIGHUP: new handshakes get the new certificate (see ImapDoor.reload)."""
+        self.ssl_context.load_cert_chain(str(rt.config.tls.cert_file), str(rt.config.tls.key_file))
 
     async def close(self) -> None:
         await self.runner.cleanup()

@@ -393,6 +393,30 @@ async def test_audit_query_filters_and_retention(store: Store) -> None:
     assert len(await store.query_audit()) == 3
 
 
+async def test_audit_pages_walk_every_event_once_in_order(store: Store) -> None:
+    # Three events share one timestamp so a page boundary falls inside a tie.
+    stamps = [T0, T0 + 1, T0 + 1, T0 + 1, T0 + 2, T0 + 3, T0 + 4]
+    for i, ts in enumerate(stamps):
+        await store.append_audit(
+            AuditRecord(ts=ts, kind="auth", result="ok", user_name="lee" if i % 2 else "max")
+        )
+    seen: list[tuple[float, int]] = []
+    after: tuple[float, int] | None = None
+    while True:
+        page = await store.audit_page(after=after, limit=2)
+        if not page:
+            break
+        assert len(page) <= 2
+        for r in page:
+            assert r.id is not None
+            seen.append((r.ts, r.id))
+        after = seen[-1]
+    assert [ts for ts, _ in seen] == stamps
+    assert seen == sorted(seen) and len(set(seen)) == len(stamps)
+    lee = await store.audit_page(user_name="lee", since=T0 + 1, until=T0 + 4)
+    assert [(r.ts, r.user_name) for r in lee] == [(T0 + 1, "lee"), (T0 + 1, "lee"), (T0 + 3, "lee")]
+
+
 async def test_travel_windows(store: Store) -> None:
     w = await store.open_travel_window("win_1", "lena", "addr:192.0.2.5", "imaps", T0, T0 + 100)
     assert (w.id, w.device, w.expires_at, w.revoked_at) == (
