@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import NoReturn
 
 from roamgate import __version__
-from roamgate.commands import audit_log, sessions, setup, ssh_keys, tokens, users, web_admin
+from roamgate.commands import (
+    audit_log,
+    callbacks,
+    sessions,
+    setup,
+    ssh_keys,
+    tokens,
+    users,
+    web_admin,
+)
 from roamgate.commands.common import CliError
 from roamgate.config import ConfigError, load_config
 from roamgate.runtime import Runtime, SetupError, open_runtime
@@ -141,14 +150,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=users.list_users, needs="runtime")
     p = user.add_parser("set", parents=[cfg], help="change a user's settings")
     p.add_argument("user")
-    p.add_argument(
-        "--profile", required=True, metavar="NAME", help="link profile: lan, isdn, phs, pda or own"
-    )
+    p.add_argument("--profile", metavar="NAME", help="link profile: lan, isdn, phs, pda or own")
     p.add_argument(
         "--device",
         metavar="DEVICE",
         help="only for this device, as `session list` names it (cert:..., addr:...);"
         " --profile user: the device follows the user's profile again",
+    )
+    p.add_argument(
+        "--callback-policy",
+        choices=("never", "always", "new_source"),
+        help="call the user back before a login: never, always, or from a new network or device",
     )
     p.set_defaults(run=users.set_options, needs="runtime")
     for action, fn, text in (
@@ -229,6 +241,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", help="revoke all of this user's windows and sessions")
     p.set_defaults(run=sessions.revoke, needs="runtime")
 
+    callback = sub.add_parser(
+        "callback", help="callback registrations (the gateway calls these, never others)"
+    ).add_subparsers(dest="action", metavar="ACTION")
+    callback.required = True
+    p = callback.add_parser("register", parents=[cfg], help="register a callback for a user")
+    p.add_argument("user")
+    p.add_argument("--channel", required=True, choices=("webhook", "dialback", "approve"))
+    p.add_argument(
+        "--address",
+        required=True,
+        help="webhook/approve: the phone number; dialback: the device's HOST:PORT",
+    )
+    p.add_argument("--key-out", metavar="FILE", help="dialback: write the device key here (0600)")
+    p.set_defaults(run=callbacks.register, needs="runtime")
+    p = callback.add_parser("list", parents=[cfg], help="a user's policy and registrations")
+    p.add_argument("user")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=callbacks.list_callbacks, needs="runtime")
+    p = callback.add_parser("remove", parents=[cfg], help="remove a registration")
+    p.add_argument("user")
+    p.add_argument("id", type=int, help="the registration's id, as 'callback list' shows it")
+    p.set_defaults(run=callbacks.remove, needs="runtime")
     p = sub.add_parser("invite", parents=[cfg], help="make a one-time enrollment link for a user")
     p.add_argument("user")
     p.add_argument(
@@ -311,7 +345,12 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "run", None) is users.set_options and not (
+        args.profile or args.callback_policy
+    ):
+        parser.error("user set: say what to change: --profile NAME and/or --callback-policy POLICY")
     debug = bool(getattr(args, "debug", False))
     logging.basicConfig(level=logging.WARNING, format="roamgate: %(levelname)s %(message)s")
     try:

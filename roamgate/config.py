@@ -232,6 +232,34 @@ class AuthSettings:
 
 
 @dataclass(frozen=True)
+class CallbackSettings:
+    """Callback verification: which channels exist, the SMS/voice provider, the login's wait."""
+
+    # The channels a registration may use, in the order a login tries them.
+    channels: tuple[Literal["webhook", "dialback", "approve"], ...] = (
+        "webhook",
+        "dialback",
+        "approve",
+    )
+    # Policy of users who have none of their own (`roamgate user set --callback-policy`).
+    default_policy: Literal["never", "always", "new_source"] = "never"
+    timeout_seconds: int = field(default=120, metadata=int_range(2, 600))
+    # Wrong codes typed before the callback fails.
+    max_attempts: int = field(default=3, metadata=int_range(1, 10))
+    # The SMS/voice provider: a JSON POST, HMAC-signed with provider_secret (from a file).
+    provider_url: str | None = None
+    provider_secret: Secret | None = None
+    provider_timeout_seconds: int = field(default=10, metadata=int_range(1, 120))
+    # A provider status callback older (or newer) than this is refused.
+    status_max_age_seconds: int = field(default=300, metadata=int_range(10, 3600))
+    # The gateway's web address as users and the provider reach it (approve links, status).
+    public_url: str | None = None
+    dialback_timeout_seconds: int = field(default=10, metadata=int_range(1, 120))
+    # Until the web door serves /callback/...: a plain HTTP listener of its own (tests, labs).
+    http: Listener | None = None
+
+
+@dataclass(frozen=True)
 class StoreSettings:
     """Where state lives: a SQLite file path (one node) or a postgresql:// URL (several nodes)."""
 
@@ -328,6 +356,7 @@ class Config:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     web: WebSettings = field(default_factory=WebSettings)
     doctor: DoctorSettings = field(default_factory=DoctorSettings)
+    callback: CallbackSettings | None = None
     # Link profiles by name: added to the built-in ones (lan, isdn, phs, pda) or replacing one.
     profiles: dict[str, LinkProfile] = field(default_factory=dict)
     alerts: AlertSettings | None = None
@@ -440,6 +469,32 @@ def _cross_checks(cfg: Config, lines: dict[str, int], *, key_files: bool) -> lis
             at(f"profiles.{name}", "a profile name is 1-32 of a-z, 0-9, '_' and '-'")
         elif name == "user":
             at(f"profiles.{name}", "'user' is reserved (`user set --device D --profile user`)")
+
+    if cfg.callback is not None:
+        cb = cfg.callback
+        if cb.http is not None and cb.http.enabled:
+            try:
+                ipaddress.ip_address(cb.http.host)
+            except ValueError:
+                at("callback.http.host", f"expected an IP address, got {cb.http.host!r}")
+            other = bound.get((cb.http.host, cb.http.port))
+            if other is not None:
+                at(
+                    "callback.http.port",
+                    f"port {cb.http.port} is already used by listeners.{other}",
+                )
+        if not cb.channels:
+            at("callback.channels", "name at least one of webhook, dialback, approve")
+        needs_provider = {"webhook", "approve"}.intersection(cb.channels)
+        if needs_provider and not cb.provider_url:
+            at("callback.provider_url", f"the {sorted(needs_provider)[0]} channel needs it")
+        if needs_provider and cb.provider_secret is None:
+            at("callback.provider_secret_file", "the provider's requests are signed with it")
+        for key, url in (("provider_url", cb.provider_url), ("public_url", cb.public_url)):
+            if url is not None and not url.startswith(("https://", "http://")):
+                at(f"callback.{key}", f"expected an http(s):// URL, got {url!r}")
+        if "approve" in cb.channels and not cb.public_url:
+            at("callback.public_url", "approve links need the gateway's public web address")
 
     proxy = cfg.imap_proxy
     sep = proxy.profile_separator

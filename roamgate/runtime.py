@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from roamgate.audit import Auditor
+from roamgate.callback.service import CallbackService
 from roamgate.config import Config
 from roamgate.login.authenticator import Authenticator
 from roamgate.login.second_factor import SecondFactor
@@ -34,6 +35,7 @@ class Runtime:
     verifier: PasswordVerifier
     authenticator: Authenticator
     clock: Callable[[], float]
+    callbacks: CallbackService | None = None
 
 
 def load_secret_box(cfg: Config) -> SecretBox:
@@ -72,6 +74,22 @@ async def open_runtime(
             clock,
             travel_window_seconds=cfg.auth.travel_window_seconds,
         )
-        yield Runtime(cfg, store, box, auditor, second, throttle, verifier, authenticator, clock)
+        callbacks = None
+        if cfg.callback is not None:
+            callbacks = CallbackService(
+                cfg.callback,
+                store,
+                box,
+                auditor,
+                node=cfg.hostname,
+                verifier=verifier,
+                second=second,
+                throttle=throttle,
+                clock=clock,
+            )
+            authenticator.holds.append(callbacks.hold)
+        yield Runtime(
+            cfg, store, box, auditor, second, throttle, verifier, authenticator, clock, callbacks
+        )
     finally:
         await store.close()

@@ -346,6 +346,36 @@ def test_an_unusable_tls_certificate_or_key_is_named(
     assert "c2VjcmV0" not in "".join(errors)
 
 
+def test_callback_section(tmp_path: Path) -> None:
+    (tmp_path / "provider.secret").write_text("s3cret\n")
+    p = _write(tmp_path, GOOD + "callback:\n  channels: [approve]\n  timeout_seconds: 1\n")
+    assert _errors(p) == [f"{p}:23 callback.timeout_seconds: expected an integer 2-600, got 1"]
+    p.write_text(GOOD + "callback:\n  channels: [approve]\n")
+    errors = _errors(p)
+    assert any("callback.provider_url: the approve channel needs it" in e for e in errors)
+    assert any("callback.public_url: approve links need" in e for e in errors)
+    p.write_text(
+        GOOD + "callback:\n  channels: [dialback]\n  default_policy: new_source\n"
+        "  provider_url: ftp://x\n"
+    )
+    assert any("callback.provider_url: expected an http(s):// URL" in e for e in _errors(p))
+    p.write_text(
+        GOOD + "callback:\n  provider_url: https://sms.example.net/send\n"
+        "  provider_secret_file: provider.secret\n  public_url: https://gw.example.com\n"
+    )
+    cfg = load_config(p)
+    assert cfg.callback is not None and cfg.callback.timeout_seconds == 120
+    assert cfg.callback.provider_secret is not None
+    assert cfg.callback.provider_secret.value.strip() == b"s3cret"
+    assert cfg.callback.default_policy == "never"
+
+
+def test_callback_http_listener_may_not_share_a_door_port(tmp_path: Path) -> None:
+    p = _write(tmp_path, GOOD + "callback:\n  channels: [dialback]\n  http: {port: 9993}\n")
+    [error] = _errors(p)
+    assert "callback.http.port: port 9993 is already used by listeners.imaps" in error
+
+
 def _with_submission(listener: str, smtp: str = "") -> str:
     text = GOOD.replace("listeners:\n", f"listeners:\n{listener}")
     return text.replace("    tls: implicit\n", f"    tls: implicit\n{smtp}")

@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from roamgate.callback.waiting import LOGIN_DEVICE, WAITING_CLIENT
 from roamgate.config import Listener
 from roamgate.gateway.imap_relay import ImapRelay, RelaySettings
 from roamgate.gateway.lean_cache import LeanCache
@@ -645,14 +646,21 @@ class _Connection:
                     verifier=verifier,
                 )
             else:
-                result = await self.rt.authenticator.login_combined(
-                    login.user,
-                    action.secret,
-                    source=self.source,
-                    door=self.door.name,
-                    device=device,
-                    verifier=verifier,
-                )
+                # A callback may hold this LOGIN: the client gets untagged OKs meanwhile.
+                client = WAITING_CLIENT.set(_HeldLogin(self))
+                held_device = LOGIN_DEVICE.set(device)
+                try:
+                    result = await self.rt.authenticator.login_combined(
+                        login.user,
+                        action.secret,
+                        source=self.source,
+                        door=self.door.name,
+                        device=device,
+                        verifier=verifier,
+                    )
+                finally:
+                    WAITING_CLIENT.reset(client)
+                    LOGIN_DEVICE.reset(held_device)
             if result.ok and result.user is not None:
                 if direct:
                     upstream, session_verifier.conn = session_verifier.conn, None
@@ -890,6 +898,24 @@ class _Connection:
                 transport.abort()
         relay_task.cancel()
         return reason
+
+
+class _HeldLogin:
+    """The WaitingClient of an IMAP LOGIN held for a callback: it cannot be asked anything."""
+
+    can_ask = False
+
+    def __init__(self, conn: _Connection) -> None:
+        self.conn = conn
+
+    async def ask(self, instruction: str, prompt: str) -> str | None:
+        return None
+
+    async def keepalive(self, text: str) -> None:
+        # An untagged OK may come at any time, during a command too (RFC 9051 7.1, RFC 3501
+        # 7.1): it keeps the client's read timeout and NAT bindings from expiring.
+        clean = "".join(c for c in text if c.isprintable() and c not in "[]")[:200]
+        await self.conn._send(f"* OK {clean or 'Waiting'}\r\n".encode())
 
 
 async def _open_imaps(rt: Runtime, listener: Listener) -> Door:

@@ -124,6 +124,14 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None) -> None:
                     door = await factory(rt, listener)
                     doors.append(door)
                     log.info("%s door listening on %s:%d", name, listener.host, listener.port)
+                callback = cfg.callback
+                if rt.callbacks is not None and callback is not None and callback.http is not None:
+                    from roamgate.callback.http_listener import open_callback_http
+
+                    doors.append(await open_callback_http(rt.callbacks, callback.http))
+                    log.info(
+                        "callback http listening on %s:%d", callback.http.host, callback.http.port
+                    )
                 await rt.auditor.record(
                     "serve_start",
                     "ok",

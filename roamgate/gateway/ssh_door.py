@@ -26,6 +26,7 @@ from typing import Any
 
 import asyncssh
 
+from roamgate.callback.waiting import LOGIN_DEVICE, WAITING_CLIENT
 from roamgate.config import Listener, SshSettings
 from roamgate.gateway.imap_door import DrainCounts, ImapDoor
 from roamgate.gateway.limits import ConnectionLimiter
@@ -37,6 +38,7 @@ from roamgate.gateway.submission_door import SubmissionDoor
 from roamgate.login.authenticator import LoginResult
 from roamgate.runtime import Runtime
 from roamgate.ssh import algorithms
+from roamgate.ssh.callback_round import KbdRound
 from roamgate.ssh.forwards import SUBMISSION, Refusal, Service, resolve
 from roamgate.store.base import JsonValue, SessionRecord, TravelWindow, UserRecord
 
@@ -113,6 +115,11 @@ class SshDoor:
         return list(keypairs)
 
     def _server_options(self) -> dict[str, Any]:
+        login_timeout = self.settings.login_timeout_seconds
+        callback = self.rt.config.callback
+        if callback is not None:
+            # A login held for a callback must not be cut by the login timer while it waits.
+            login_timeout = max(login_timeout, callback.timeout_seconds + 30)
         return {
             "server_host_keys": self._host_keys(),
             "server_version": "roamgate",
@@ -121,7 +128,7 @@ class SshDoor:
             "mac_algs": list(algorithms.MAC),
             "signature_algs": list(algorithms.SIGNATURE),
             "compression_algs": list(algorithms.COMPRESSION),
-            "login_timeout": float(self.settings.login_timeout_seconds),
+            "login_timeout": float(login_timeout),
             "keepalive_interval": float(self.settings.keepalive_seconds),
             "keepalive_count_max": self.settings.keepalive_count_max,
             "allow_pty": False,
@@ -286,6 +293,9 @@ class _SshConnection(asyncssh.SSHServer):
         self.bytes_out = 0
         self._watch: asyncio.Task[None] | None = None
         self._ended_by: str | None = None
+        # A login held for a callback: its task and the bridge its questions come through.
+        self._held_login: asyncio.Task[LoginResult] | None = None
+        self._round: KbdRound | None = None
 
     # -- connection
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
@@ -308,6 +318,10 @@ class _SshConnection(asyncssh.SSHServer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._password = None
+        if self._round is not None:
+            self._round.answer(None)
+        if self._held_login is not None:
+            self._held_login.cancel()
         if self._held is not None:
             self._held.close()
             self._held = None
@@ -422,17 +436,16 @@ class _SshConnection(asyncssh.SSHServer):
         auth = self.rt.authenticator
         step, self._step = self._step, ""
         source, door = self.source, self.door.name
+        login: Coroutine[Any, Any, LoginResult] | None = None
         if step == "password":
             self._password = answer
             self._window = await auth.find_window(username, self._devices())
             if self._window is None:
                 self._step = "code"
                 return _challenge(CODE_PROMPT)
-            result = await auth.login_in_window(
-                username, answer, self._window, source=source, door=door
-            )
+            login = auth.login_in_window(username, answer, self._window, source=source, door=door)
         elif step == "code" and self._password is not None:
-            result = await auth.login(
+            login = auth.login(
                 username,
                 self._password,
                 answer,
@@ -441,13 +454,54 @@ class _SshConnection(asyncssh.SSHServer):
                 device=self._devices()[0],
             )
         elif step == "code_after_key" and self._login_key is not None:
-            result = await auth.login_with_key(
-                username, self._login_key, answer, source=source, door=door
+            login = auth.login_with_key(username, self._login_key, answer, source=source, door=door)
+        elif step == "callback" and self._round is not None and self._held_login is not None:
+            self._round.answer(answer)
+            followed = await self._follow()
+            return (
+                followed
+                if isinstance(followed, tuple)
+                else await self._decided(username, followed, began)
             )
-        else:
-            result = LoginResult(False, "out_of_order")
         self._password = None
-        return await self._decided(username, result, began)
+        if login is None:
+            return await self._decided(username, LoginResult(False, "out_of_order"), began)
+        followed = await self._start_login(login)
+        if isinstance(followed, tuple):
+            return followed
+        return await self._decided(username, followed, began)
+
+    async def _start_login(
+        self, login: Coroutine[Any, Any, LoginResult]
+    ) -> LoginResult | Challenge:
+        """Run the login as a task that a callback may hold; its questions become rounds."""
+        self._round = KbdRound()
+        client = WAITING_CLIENT.set(self._round)
+        device = LOGIN_DEVICE.set(self._devices()[0])
+        try:
+            # The task copies the context here, with both variables set.
+            self._held_login = asyncio.get_running_loop().create_task(login)
+        finally:
+            WAITING_CLIENT.reset(client)
+            LOGIN_DEVICE.reset(device)
+        return await self._follow()
+
+    async def _follow(self) -> LoginResult | Challenge:
+        """The login's result, or its next question as a challenge."""
+        task, bridge = self._held_login, self._round
+        assert task is not None and bridge is not None
+        question = asyncio.ensure_future(bridge.questions.get())
+        try:
+            await asyncio.wait({task, question}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not question.done():
+                question.cancel()
+        if task.done():
+            self._held_login = self._round = None
+            return task.result()
+        instruction, prompt = question.result()
+        self._step = "callback"
+        return ("roamgate callback", instruction, "", [(prompt, False)])
 
     async def _decided(
         self, username: str, result: LoginResult, began: float, *, audit_malformed: bool = False

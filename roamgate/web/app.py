@@ -27,6 +27,7 @@ log = logging.getLogger("roamgate.web")
 # Forms are small; nothing larger is ever posted.
 MAX_REQUEST_BYTES = 64 * 1024
 _INVITE = re.compile(r"/invite/[^ ?]*")
+_APPROVE = re.compile(r"/callback/approve/[^ ?]*")
 
 routes = web.RouteTableDef()
 
@@ -110,7 +111,8 @@ class RedactingAccessLogger(AbstractAccessLogger):
     """One line per request, with an invite link's token cut out and no query string."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        path = _INVITE.sub("/invite/[token]", request.path)[:200]
+        path = _INVITE.sub("/invite/[token]", request.path)
+        path = _APPROVE.sub("/callback/approve/[token]", path)[:200]
         self.logger.info(
             "web %s %s %s %d %.3fs", request.remote, request.method, path, response.status, time
         )
@@ -156,6 +158,11 @@ class WebDoor:
 
 
 async def open_web(rt: Runtime, listener: Listener, **plugins: Any) -> Door:
+    if rt.callbacks is not None and "extra_routes" not in plugins:
+        from roamgate.callback.http_routes import routes as callback_routes
+
+        # Approve links and the provider's status callbacks (/callback/...).
+        plugins["extra_routes"] = callback_routes(rt.callbacks)
     door = WebDoor(rt, listener, create_app(rt, **plugins))
     await door.start()
     return door
