@@ -351,3 +351,50 @@ def test_the_web_door_serves_the_callback_routes(cb: CbGateway) -> None:
         assert time.monotonic() < deadline, cb.gw.logs()[-2000:]
         time.sleep(0.1)
     assert "A" * 43 not in cb.gw.logs()
+
+
+def test_changing_the_number_on_the_web_needs_password_and_code_and_tells_the_old_one(
+    cb: CbGateway,
+) -> None:
+    import re
+
+    from roamgate.config import load_config
+
+    web = load_config(cb.gw.config).listeners.web
+    assert web is not None
+    old, new = "+15550111", "+15550222"
+    cb.cli_ok("callback", "register", "dave", "--channel", "webhook", "--address", old)
+    ctx = ssl.create_default_context(cafile=str(cb.gw.ca_file))
+    base = f"https://127.0.0.1:{web.port}/account/callback"
+    good_code = cb.gw.code("dave")
+
+    async def attempt(code: str) -> tuple[int, str]:
+        jar = aiohttp.CookieJar(unsafe=True)  # cookies for an IP address host
+        async with aiohttp.ClientSession(cookie_jar=jar) as http:
+            async with http.get(base, ssl=ctx) as form:
+                token = re.search(r'name="csrf" value="([^"]+)"', await form.text())
+            assert token is not None
+            fields = {
+                "csrf": token.group(1),
+                "user": "dave",
+                "password": USERS["dave"],
+                "code": code,
+                "channel": "webhook",
+                "address": new,
+            }
+            async with http.post(base, data=fields, ssl=ctx) as answer:
+                return answer.status, await answer.text()
+
+    status, _page = asyncio.run(attempt("000000"))
+    assert status == 403
+    assert old in cb.cli_ok("callback", "list", "dave")
+    n = len(cb.provider.messages)
+    status, page = asyncio.run(attempt(good_code))
+    assert status == 200 and "Changed" in page, page
+    listed = cb.cli_ok("callback", "list", "dave")
+    assert new in listed and old not in listed
+    notice = cb.provider.wait_message("notice", n)
+    assert notice.body["to"] == old and notice.signature_ok
+    changes = cb.audit("callback_change", "dave")
+    assert [c["result"] for c in changes] == ["fail", "ok"]
+    _no_secret_leaked(cb, USERS["dave"], good_code)
