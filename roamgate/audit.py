@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from roamgate.store.base import AuditRecord, JsonValue, Store, StoreError
@@ -29,8 +31,8 @@ class Auditor:
         self.store = store
         self.file = file
         self.clock = clock
-        # Called with every event written (the runtime's metrics count from here).
-        self.observers: list[Callable[[AuditRecord], None]] = []
+        # Told of every event after it is written (serve's alerts); must not block or raise.
+        self.listeners: list[Callable[[AuditRecord], None]] = []
 
     async def record(
         self,
@@ -70,12 +72,11 @@ class Auditor:
             record_id = None
         stored = AuditRecord(**{**record.__dict__, "id": record_id})
         self._append_line(stored)
-        for observe in self.observers:
+        for listener in self.listeners:
             try:
-                observe(stored)
-            except Exception:
-                # A counting bug must never fail a login or a session.
-                log.exception("audit observer failed on a %s event", kind)
+                listener(stored)
+            except Exception:  # a listener's bug must not lose the login's answer
+                log.exception("audit listener failed")
         return stored
 
     def _append_line(self, record: AuditRecord) -> None:
@@ -110,3 +111,87 @@ def to_json(record: AuditRecord) -> dict[str, JsonValue | dict[str, JsonValue]]:
         "actor": record.actor,
         "detail": dict(record.detail),
     }
+
+
+# Rotated segments: `audit.jsonl.2026-12-03` (the UTC day of the segment's first line), with
+# `.2`, `.3`... when one day was rotated more than once.
+_SEGMENT = re.compile(r"\.(\d{4}-\d{2}-\d{2})(?:\.(\d+))?$")
+
+
+@dataclass(frozen=True)
+class FilePrune:
+    """What one pass over the JSON-lines files did."""
+
+    rotated: Path | None
+    deleted: tuple[Path, ...]
+
+
+def rotate_and_prune(file: Path, cutoff: float, now: float) -> FilePrune:
+    """Rotate the live file once a UTC day and delete whole segments older than the cutoff.
+
+    The live file is renamed, never rewritten, so an appender (serve or a CLI command) that
+    opened it a moment before writes its line into the segment instead: nothing is lost, and a
+    log shipper that follows the name sees an ordinary rotation. A segment is deleted only when
+    its newest line is older than the cutoff, so no record younger than retention goes; a
+    segment whose last line cannot be read is kept.
+    """
+    rotated: Path | None = None
+    first = _first_ts(file)
+    today = time.strftime("%Y-%m-%d", time.gmtime(now))
+    if first is not None and time.strftime("%Y-%m-%d", time.gmtime(first)) < today:
+        rotated = _segment_name(file, time.strftime("%Y-%m-%d", time.gmtime(first)))
+        try:
+            file.rename(rotated)
+        except OSError as exc:
+            log.error("audit file %s not rotated: %s", file, exc.strerror)
+            rotated = None
+    deleted: list[Path] = []
+    for segment in sorted(file.parent.glob(file.name + ".*")):
+        if not _SEGMENT.fullmatch(segment.name[len(file.name) :]):
+            continue
+        last = _last_ts(segment)
+        if last is not None and last < cutoff:
+            try:
+                segment.unlink()
+                deleted.append(segment)
+            except OSError as exc:
+                log.error("old audit segment %s not deleted: %s", segment, exc.strerror)
+    return FilePrune(rotated, tuple(deleted))
+
+
+def _segment_name(file: Path, day: str) -> Path:
+    candidate = file.with_name(f"{file.name}.{day}")
+    n = 2
+    while candidate.exists():
+        candidate = file.with_name(f"{file.name}.{day}.{n}")
+        n += 1
+    return candidate
+
+
+def _line_ts(line: bytes) -> float | None:
+    try:
+        ts = json.loads(line).get("ts")
+    except (ValueError, AttributeError):
+        return None
+    return float(ts) if isinstance(ts, int | float) else None
+
+
+def _first_ts(path: Path) -> float | None:
+    try:
+        with path.open("rb") as f:
+            return _line_ts(f.readline(1 << 20))
+    except OSError:
+        return None
+
+
+def _last_ts(path: Path) -> float | None:
+    """The time of the segment's last whole line (read from the end: segments can be large)."""
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - (1 << 20)))
+            tail = f.read()
+    except OSError:
+        return None
+    lines = [line for line in tail.split(b"\n") if line.strip()]
+    return _line_ts(lines[-1]) if lines else None

@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import NoReturn
 
 from roamgate import __version__
-from roamgate.commands import audit_log, sessions, setup, ssh_keys, tokens, users, web_admin
+from roamgate.commands import (
+    audit_log,
+    callbacks,
+    sessions,
+    setup,
+    ssh_keys,
+    tokens,
+    users,
+    web_admin,
+)
 from roamgate.commands.common import CliError
 from roamgate.config import ConfigError, load_config
 from roamgate.runtime import Runtime, SetupError, open_runtime
@@ -92,6 +101,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--imaps-port", type=_port, default=9993, metavar="N")
     p.add_argument("--imap-port", type=_port, default=9143, metavar="N")
     p.add_argument("--web-port", type=_port, default=9443, metavar="N")
+    p.add_argument(
+        "--submission-port",
+        type=_port,
+        default=465,
+        metavar="N",
+        help="SMTP submission with TLS (written with --upstream-smtp; default 465)",
+    )
+    p.add_argument(
+        "--submission-starttls-port",
+        type=_port,
+        default=587,
+        metavar="N",
+        help="SMTP submission with STARTTLS (written with --upstream-smtp; default 587)",
+    )
     p.add_argument("--verifier", choices=["upstream", "local"], default="upstream")
     p.add_argument("--force", action="store_true", help="replace an existing gateway's files")
     p.set_defaults(run=setup.init, needs="sync")
@@ -127,14 +150,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=users.list_users, needs="runtime")
     p = user.add_parser("set", parents=[cfg], help="change a user's settings")
     p.add_argument("user")
-    p.add_argument(
-        "--profile", required=True, metavar="NAME", help="link profile: lan, isdn, phs, pda or own"
-    )
+    p.add_argument("--profile", metavar="NAME", help="link profile: lan, isdn, phs, pda or own")
     p.add_argument(
         "--device",
         metavar="DEVICE",
         help="only for this device, as `session list` names it (cert:..., addr:...);"
         " --profile user: the device follows the user's profile again",
+    )
+    p.add_argument(
+        "--callback-policy",
+        choices=("never", "always", "new_source"),
+        help="call the user back before a login: never, always, or from a new network or device",
     )
     p.set_defaults(run=users.set_options, needs="runtime")
     for action, fn, text in (
@@ -215,6 +241,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", help="revoke all of this user's windows and sessions")
     p.set_defaults(run=sessions.revoke, needs="runtime")
 
+    callback = sub.add_parser(
+        "callback", help="callback registrations (the gateway calls these, never others)"
+    ).add_subparsers(dest="action", metavar="ACTION")
+    callback.required = True
+    p = callback.add_parser("register", parents=[cfg], help="register a callback for a user")
+    p.add_argument("user")
+    p.add_argument("--channel", required=True, choices=("webhook", "dialback", "approve"))
+    p.add_argument(
+        "--address",
+        required=True,
+        help="webhook/approve: the phone number; dialback: the device's HOST:PORT",
+    )
+    p.add_argument("--key-out", metavar="FILE", help="dialback: write the device key here (0600)")
+    p.set_defaults(run=callbacks.register, needs="runtime")
+    p = callback.add_parser("list", parents=[cfg], help="a user's policy and registrations")
+    p.add_argument("user")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=callbacks.list_callbacks, needs="runtime")
+    p = callback.add_parser("remove", parents=[cfg], help="remove a registration")
+    p.add_argument("user")
+    p.add_argument("id", type=int, help="the registration's id, as 'callback list' shows it")
+    p.set_defaults(run=callbacks.remove, needs="runtime")
     p = sub.add_parser("invite", parents=[cfg], help="make a one-time enrollment link for a user")
     p.add_argument("user")
     p.add_argument(
@@ -255,6 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_limit, default=200)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(run=audit_log.show, needs="runtime")
+    # `roamgate audit` alone searches; `roamgate audit export` writes everything matching.
+    audit_sub = p.add_subparsers(dest="action", metavar="ACTION")
+    audit_sub.required = False
+    p = audit_sub.add_parser(
+        "export", parents=[cfg], help="write matching events as JSON lines, oldest first"
+    )
+    p.add_argument("--since", help="ISO time (UTC unless it says otherwise) or e.g. 7d")
+    p.add_argument("--until", help="ISO time; events before it")
+    p.add_argument("--user")
+    p.add_argument("--output", metavar="PATH", help="file to write, or - for stdout (default)")
+    p.set_defaults(run=audit_log.export, needs="runtime")
     return parser
 
 
@@ -286,7 +345,12 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "run", None) is users.set_options and not (
+        args.profile or args.callback_policy
+    ):
+        parser.error("user set: say what to change: --profile NAME and/or --callback-policy POLICY")
     debug = bool(getattr(args, "debug", False))
     logging.basicConfig(level=logging.WARNING, format="roamgate: %(levelname)s %(message)s")
     try:

@@ -16,6 +16,9 @@ __all__ = ["Config", "ConfigError", "ConfigIssue", "Secret", "load_config"]
 DEFAULT_CONFIG_NAME = "roamgate.yaml"
 # Profile names travel in IMAP user names (`alice#phs`) and audit lines: keep them plain.
 PROFILE_NAME = re.compile(r"[a-z0-9_-]{1,32}")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DOMAIN = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
+_ADDRESS = re.compile(r"[^@\s<>]{1,64}@[^@\s<>]{1,253}")
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,12 @@ class Listeners:
     imaps: Listener | None = None
     imap: Listener | None = None
     web: Listener | None = None
+    submissions: Listener | None = None  # SMTP submission with TLS from the first byte (465)
+    submission: Listener | None = None  # SMTP submission with STARTTLS before AUTH (587)
+
+
+# Every listener name, in the order serve opens them and the checks walk them.
+LISTENER_NAMES = ("ssh", "imaps", "imap", "web", "submissions", "submission")
 
 
 @dataclass(frozen=True)
@@ -145,6 +154,46 @@ class ImapProxySettings:
 
 
 @dataclass(frozen=True)
+class SubmissionUser:
+    """One user's own sending rules; a limit left out follows the submission: section."""
+
+    # Addresses the user may send as, besides their own (user add --email, else user@domain).
+    senders: tuple[str, ...] = ()
+    max_recipients: int | None = field(default=None, metadata=int_range(1, 10000))
+    max_messages_per_hour: int | None = field(default=None, metadata=int_range(1, 100000))
+    max_message_bytes: int | None = field(default=None, metadata=int_range(1024, 1 << 30))
+
+
+@dataclass(frozen=True)
+class SubmissionSettings:
+    """The SMTP submission doors (submissions, submission) and the SSH door's `submission`."""
+
+    # passthrough: AUTH upstream as the user with their password. relay: as relay_user with
+    # relay_password (an account the upstream lets send for everyone). none: no AUTH upstream
+    # (an upstream that trusts the gateway's address); the gateway's own policy still applies.
+    upstream_login: Literal["passthrough", "relay", "none"] = "passthrough"
+    relay_user: str | None = None
+    relay_password: Secret | None = None
+    # A user without an e-mail address of record owns USER@sender_domain (none: no address).
+    sender_domain: str | None = None
+    max_recipients: int = field(default=50, metadata=int_range(1, 10000))
+    max_messages_per_hour: int = field(default=100, metadata=int_range(1, 100000))
+    max_message_bytes: int = field(default=25 << 20, metadata=int_range(1024, 1 << 30))
+    # A message larger than this goes to a temporary file instead of memory.
+    spool_memory_bytes: int = field(default=256 << 10, metadata=int_range(0, 64 << 20))
+    # Where spool files go (default: the system's temporary directory).
+    spool_dir: Path | None = None
+    login_grace_seconds: int = field(default=120, metadata=int_range(10, 600))
+    idle_timeout_seconds: int = field(default=300, metadata=int_range(30, 3600))
+    max_connections: int = field(default=500, metadata=int_range(1, 100000))
+    max_connections_per_source: int = field(default=10, metadata=int_range(1, 10000))
+    # Wait before answering a failed AUTH: slows guessing, hides which factor failed.
+    failure_delay_ms: int = field(default=2500, metadata=int_range(0, 10000))
+    max_login_failures: int = field(default=3, metadata=int_range(1, 10))
+    users: dict[str, SubmissionUser] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class OtpSettings:
     """One-time password policy."""
 
@@ -183,6 +232,34 @@ class AuthSettings:
 
 
 @dataclass(frozen=True)
+class CallbackSettings:
+    """Callback verification: which channels exist, the SMS/voice provider, the login's wait."""
+
+    # The channels a registration may use, in the order a login tries them.
+    channels: tuple[Literal["webhook", "dialback", "approve"], ...] = (
+        "webhook",
+        "dialback",
+        "approve",
+    )
+    # Policy of users who have none of their own (`roamgate user set --callback-policy`).
+    default_policy: Literal["never", "always", "new_source"] = "never"
+    timeout_seconds: int = field(default=120, metadata=int_range(2, 600))
+    # Wrong codes typed before the callback fails.
+    max_attempts: int = field(default=3, metadata=int_range(1, 10))
+    # The SMS/voice provider: a JSON POST, HMAC-signed with provider_secret (from a file).
+    provider_url: str | None = None
+    provider_secret: Secret | None = None
+    provider_timeout_seconds: int = field(default=10, metadata=int_range(1, 120))
+    # A provider status callback older (or newer) than this is refused.
+    status_max_age_seconds: int = field(default=300, metadata=int_range(10, 3600))
+    # The gateway's web address as users and the provider reach it (approve links, status).
+    public_url: str | None = None
+    dialback_timeout_seconds: int = field(default=10, metadata=int_range(1, 120))
+    # Until the web door serves /callback/...: a plain HTTP listener of its own (tests, labs).
+    http: Listener | None = None
+
+
+@dataclass(frozen=True)
 class StoreSettings:
     """Where state lives: a SQLite file path (one node) or a postgresql:// URL (several nodes)."""
 
@@ -202,6 +279,27 @@ class AuditSettings:
 
     file: Path = Path("audit.jsonl")
     retention_days: int = field(default=400, metadata=int_range(1, 36500))
+    # How often `serve` drops records older than retention_days (store and rotated files).
+    prune_interval_seconds: int = field(default=3600, metadata=int_range(1, 86400))
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """A webhook told about lockouts, failure bursts and the upstream going away (and back)."""
+
+    url: str
+    # Signs each POST (HMAC-SHA256); from a file or the environment, never inline.
+    secret: Secret
+    timeout_seconds: int = field(default=5, metadata=int_range(1, 60))
+    max_attempts: int = field(default=5, metadata=int_range(1, 20))
+    retry_base_seconds: int = field(default=1, metadata=int_range(1, 300))
+    # Alerts waiting to be sent; when full, new ones are dropped (counted, logged), never waited for.
+    queue_size: int = field(default=1000, metadata=int_range(1, 100000))
+    # This many failed logins from one source network within the window: one alert per window.
+    failure_threshold: int = field(default=20, metadata=int_range(1, 100000))
+    failure_window_seconds: int = field(default=300, metadata=int_range(1, 86400))
+    # How often the upstream IMAP server is probed (a connection and its greeting).
+    upstream_check_seconds: int = field(default=30, metadata=int_range(1, 3600))
 
 
 @dataclass(frozen=True)
@@ -257,14 +355,19 @@ class Config:
     listeners: Listeners = field(default_factory=Listeners)
     ssh: SshSettings | None = None
     imap_proxy: ImapProxySettings = field(default_factory=ImapProxySettings)
+    submission: SubmissionSettings = field(default_factory=SubmissionSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     web: WebSettings = field(default_factory=WebSettings)
     doctor: DoctorSettings = field(default_factory=DoctorSettings)
+    callback: CallbackSettings | None = None
     # Link profiles by name: added to the built-in ones (lan, isdn, phs, pda) or replacing one.
     profiles: dict[str, LinkProfile] = field(default_factory=dict)
+    alerts: AlertSettings | None = None
+    # SIGTERM: how long in-flight transfers may run on before the doors close regardless.
+    drain_seconds: int = field(default=30, metadata=int_range(0, 3600))
     # Load balancers (addresses or CIDR networks) whose PROXY headers the doors with
     # `proxy_protocol: true` believe; nobody else may connect to those doors.
     trusted_proxies: tuple[str, ...] = ()
@@ -308,7 +411,7 @@ def _cross_checks(cfg: Config, lines: dict[str, int], *, key_files: bool) -> lis
         at("auth.lockout.ip_lock_max_seconds", "must not be shorter than ip_lock_seconds")
 
     bound: dict[tuple[str, int], str] = {}
-    for name in ("ssh", "imaps", "imap", "web"):
+    for name in LISTENER_NAMES:
         listener: Listener | None = getattr(cfg.listeners, name)
         if listener is None or not listener.enabled:
             continue
@@ -323,6 +426,19 @@ def _cross_checks(cfg: Config, lines: dict[str, int], *, key_files: bool) -> lis
                 f"port {listener.port} is already used by listeners.{other}",
             )
         bound[(listener.host, listener.port)] = name
+    for name in ("submissions", "submission"):
+        listener = getattr(cfg.listeners, name)
+        if listener is not None and listener.enabled and cfg.upstream.smtp is None:
+            at(f"listeners.{name}", "the submission door needs upstream.smtp to relay to")
+    sub = cfg.submission
+    if sub.upstream_login == "relay" and (sub.relay_user is None or sub.relay_password is None):
+        at("submission.upstream_login", "relay needs relay_user and relay_password_file")
+    if sub.sender_domain is not None and not _DOMAIN.fullmatch(sub.sender_domain):
+        at("submission.sender_domain", f"expected a domain name, got {sub.sender_domain!r}")
+    for name, own in sub.users.items():
+        for n, address in enumerate(own.senders):
+            if not _ADDRESS.fullmatch(address):
+                at(f"submission.users.{name}.senders.{n}", f"expected an address, got {address!r}")
     url = cfg.doctor.clock_url
     if url is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
         at("doctor.clock_url", f"expected an http:// or https:// URL, got {url!r}")
@@ -359,6 +475,32 @@ def _cross_checks(cfg: Config, lines: dict[str, int], *, key_files: bool) -> lis
             at(f"profiles.{name}", "a profile name is 1-32 of a-z, 0-9, '_' and '-'")
         elif name == "user":
             at(f"profiles.{name}", "'user' is reserved (`user set --device D --profile user`)")
+
+    if cfg.callback is not None:
+        cb = cfg.callback
+        if cb.http is not None and cb.http.enabled:
+            try:
+                ipaddress.ip_address(cb.http.host)
+            except ValueError:
+                at("callback.http.host", f"expected an IP address, got {cb.http.host!r}")
+            other = bound.get((cb.http.host, cb.http.port))
+            if other is not None:
+                at(
+                    "callback.http.port",
+                    f"port {cb.http.port} is already used by listeners.{other}",
+                )
+        if not cb.channels:
+            at("callback.channels", "name at least one of webhook, dialback, approve")
+        needs_provider = {"webhook", "approve"}.intersection(cb.channels)
+        if needs_provider and not cb.provider_url:
+            at("callback.provider_url", f"the {sorted(needs_provider)[0]} channel needs it")
+        if needs_provider and cb.provider_secret is None:
+            at("callback.provider_secret_file", "the provider's requests are signed with it")
+        for key, url in (("provider_url", cb.provider_url), ("public_url", cb.public_url)):
+            if url is not None and not url.startswith(("https://", "http://")):
+                at(f"callback.{key}", f"expected an http(s):// URL, got {url!r}")
+        if "approve" in cb.channels and not cb.public_url:
+            at("callback.public_url", "approve links need the gateway's public web address")
 
     proxy = cfg.imap_proxy
     sep = proxy.profile_separator
@@ -401,6 +543,8 @@ def _cross_checks(cfg: Config, lines: dict[str, int], *, key_files: bool) -> lis
                 problem = ssh_host_key_problem(p)
                 if problem is not None:
                     at(key, problem)
+    if cfg.alerts is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", cfg.alerts.url):
+        at("alerts.url", f"expected an http:// or https:// URL, got {cfg.alerts.url!r}")
     for i, entry in enumerate(cfg.web.metrics_allow):
         try:
             ipaddress.ip_network(entry, strict=False)
@@ -411,8 +555,13 @@ def _cross_checks(cfg: Config, lines: dict[str, int], *, key_files: bool) -> lis
     web = cfg.listeners.web
     if web is not None and web.enabled and cfg.tls.ca_key_file is None:
         at("tls.ca_key_file", "the web door issues device certificates: it needs the CA key")
-    if cfg.upstream.imap.tls == "none" and not _is_loopback(cfg.upstream.imap.host):
-        at("upstream.imap.tls", "'none' is only allowed for an upstream on this machine (loopback)")
+    for name in ("imap", "smtp"):
+        server: UpstreamServer | None = getattr(cfg.upstream, name)
+        if server is not None and server.tls == "none" and not _is_loopback(server.host):
+            at(
+                f"upstream.{name}.tls",
+                "'none' is only allowed for an upstream on this machine (loopback)",
+            )
     return issues
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from roamgate.audit import Auditor
+from roamgate.callback.service import CallbackService
 from roamgate.config import Config
 from roamgate.login.authenticator import Authenticator
 from roamgate.login.second_factor import SecondFactor
@@ -35,6 +36,7 @@ class Runtime:
     verifier: PasswordVerifier
     authenticator: Authenticator
     clock: Callable[[], float]
+    callbacks: CallbackService | None = None
     # This process's Prometheus metrics (a registry per runtime, so runtimes never collide).
     metrics: Metrics = field(default_factory=Metrics)
 
@@ -75,10 +77,34 @@ async def open_runtime(
             clock,
             travel_window_seconds=cfg.auth.travel_window_seconds,
         )
+        callbacks = None
+        if cfg.callback is not None:
+            callbacks = CallbackService(
+                cfg.callback,
+                store,
+                box,
+                auditor,
+                node=cfg.hostname,
+                verifier=verifier,
+                second=second,
+                throttle=throttle,
+                clock=clock,
+            )
+            authenticator.holds.append(callbacks.hold)
         metrics = Metrics()
-        auditor.observers.append(metrics.observe)
+        auditor.listeners.append(metrics.observe)
         yield Runtime(
-            cfg, store, box, auditor, second, throttle, verifier, authenticator, clock, metrics
+            cfg,
+            store,
+            box,
+            auditor,
+            second,
+            throttle,
+            verifier,
+            authenticator,
+            clock,
+            callbacks,
+            metrics,
         )
     finally:
         await store.close()

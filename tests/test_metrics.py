@@ -28,7 +28,7 @@ async def auditor_with_metrics(tmp_path: Path, clock: FakeClock) -> tuple[Audito
     store = await open_store(str(tmp_path / "s.db"), create=True)
     auditor = Auditor(store, tmp_path / "audit.jsonl", clock)
     metrics = Metrics()
-    auditor.observers.append(metrics.observe)
+    auditor.listeners.append(metrics.observe)
     return auditor, metrics
 
 
@@ -123,7 +123,7 @@ async def test_a_failing_observer_does_not_fail_the_audit(tmp_path: Path, clock:
     def broken(record: object) -> None:
         raise RuntimeError("bug")
 
-    auditor.observers.insert(0, broken)
+    auditor.listeners.insert(0, broken)
     stored = await auditor.record("auth", "ok", door="imaps", factor="password+totp")
     assert stored.id is not None
     assert value(m, "roamgate_logins_total", door="imaps", result="ok", factor="password+totp",

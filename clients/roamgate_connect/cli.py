@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from roamgate_connect.callback_answer import CallbackAnswerer, CallbackKeyError, load_callback_key
 from roamgate_connect.client_configs import RENDERERS
 from roamgate_connect.forwarder import LocalPort
 from roamgate_connect.link import FatalLinkError, Link, Prompter, load_device_key
@@ -76,6 +77,21 @@ def build_parser() -> argparse.ArgumentParser:
         dest="print_config",
         help="print settings for this profile (a profile file, OpenSSH, mutt, Thunderbird) and exit",
     )
+    p.add_argument(
+        "--callback-listen",
+        metavar="HOST:PORT",
+        help="answer the gateway's dial-back here (the endpoint registered for this device)",
+    )
+    p.add_argument(
+        "--callback-key-file",
+        metavar="FILE",
+        help="the device key `roamgate callback register --channel dialback` made",
+    )
+    p.add_argument(
+        "--callback-only",
+        action="store_true",
+        help="only answer dial-backs (no link, no local ports)",
+    )
     p.add_argument("--verbose", action="store_true", help="log each channel")
     return p
 
@@ -97,7 +113,61 @@ def _status(message: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} roamgate-connect: {message}", file=sys.stderr, flush=True)
 
 
+async def start_answerer(args: argparse.Namespace) -> CallbackAnswerer | None:
+    """The dial-back listener, if --callback-listen asks for one; raises CallbackKeyError."""
+    if not args.callback_listen:
+        return None
+    host, sep, port = args.callback_listen.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise CallbackKeyError(
+            f"--callback-listen: expected HOST:PORT, got {args.callback_listen!r}"
+        )
+    if not args.callback_key_file:
+        raise CallbackKeyError("--callback-listen needs --callback-key-file")
+    answerer = CallbackAnswerer(load_callback_key(Path(args.callback_key_file)), _status)
+    try:
+        await answerer.start(host.strip("[]") or "127.0.0.1", int(port))
+    except OSError as exc:
+        raise CallbackKeyError(f"cannot listen on {args.callback_listen}: {exc.strerror}") from None
+    _status(f"answering dial-backs on {args.callback_listen}")
+    return answerer
+
+
+async def run_callback_only(args: argparse.Namespace) -> int:
+    try:
+        answerer = await start_answerer(args)
+    except CallbackKeyError as exc:
+        _status(str(exc))
+        return EXIT_FAILED
+    if answerer is None:
+        _status("--callback-only needs --callback-listen and --callback-key-file")
+        return EXIT_USAGE
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await answerer.close()
+    _status("stopped")
+    return 0
+
+
 async def run(profile: Profile, args: argparse.Namespace) -> int:
+    try:
+        answerer = await start_answerer(args)
+    except CallbackKeyError as exc:
+        _status(str(exc))
+        return EXIT_FAILED
+    try:
+        return await _run_link(profile, args)
+    finally:
+        if answerer is not None:
+            await answerer.close()
+
+
+async def _run_link(profile: Profile, args: argparse.Namespace) -> int:
     key, made = load_device_key(profile.device_key)
     if made:
         _status(f"made a device key {profile.device_key} ({key.get_fingerprint('sha256')})")
@@ -152,6 +222,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
+    if args.callback_only:
+        try:
+            return asyncio.run(run_callback_only(args))
+        except KeyboardInterrupt:
+            return 0
     try:
         profile = load_profile(args)
     except ProfileError as exc:

@@ -6,8 +6,9 @@ set -euo pipefail
 # dovecot-imapd: the corporate IMAP server; oathtool: an independent OTP generator; openssh-client
 # and mutt: real clients; openssh-server: the anchor that bench/ssh_tunnel.py measures against;
 # haproxy: the load balancer sending PROXY headers; systemd: systemd-analyze checks deploy/systemd;
-# chromium (driven by Playwright) and zbar-tools (zbarimg): the web enrollment walk-through.
-want=(dovecot-imapd oathtool openssl openssh-client openssh-server mutt haproxy systemd chromium zbar-tools)
+# chromium (driven by Playwright) and zbar-tools (zbarimg): the web enrollment walk-through;
+# postfix: the upstream submission server behind the submission door (a private instance).
+want=(dovecot-imapd oathtool openssl openssh-client openssh-server mutt haproxy systemd chromium zbar-tools postfix)
 missing=()
 for pkg in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -33,6 +34,8 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # The package starts the system Dovecot; roamgate runs its own private instance and
 # needs none listening on the standard ports.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet dovecot 2>/dev/null; then
-    systemctl stop dovecot || true
-fi
+for service in dovecot postfix; do
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$service" 2>/dev/null; then
+        systemctl stop "$service" || true
+    fi
+done

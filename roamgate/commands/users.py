@@ -85,6 +85,19 @@ async def set_options(rt: Runtime, args: argparse.Namespace) -> int:
     """`user set USER --profile NAME`: change what a user has; each change is audited."""
     user = await require_user(rt, args.user)
     device = getattr(args, "device", None)
+    policy = getattr(args, "callback_policy", None)
+    if args.profile is None and policy is None:
+        raise CliError("say what to change: --profile NAME and/or --callback-policy POLICY")
+    if policy is not None:
+        if device:
+            raise CliError("--callback-policy is per user, not per --device")
+        await rt.store.set_callback_policy(user.id, policy, rt.clock())
+        await rt.auditor.record(
+            "user_set", "ok", user=user.name, actor=actor(), detail={"callback_policy": policy}
+        )
+        print(f"user {user.name}: callback policy {policy}")
+        if args.profile is None:
+            return 0
     if device:
         follow = args.profile == "user"
         if not follow:

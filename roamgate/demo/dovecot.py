@@ -39,6 +39,7 @@ MODULE_DIR: Final = Path("/usr/lib/dovecot/modules")  # Debian's mail_plugin_dir
 UNTRUSTED_SOURCE: Final = "127.0.0.2"  # a loopback source that is neither trusted nor "local"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")  # no "*": it is the master separator
 _SAFE_PATH = re.compile(r"[A-Za-z0-9_./+@-]+")  # Dovecot expands % and splits on spaces
+_SESSIONS_PER_PROCESS = 50  # imap sessions per imap process when scaled up
 _MAX_BASE_DIR = 70  # sun_path is 108 bytes and Dovecot adds names like "token-login/tokenlogin"
 
 
@@ -156,6 +157,8 @@ class PrivateDovecot:
         imaps_port: int | None = None,
         start_timeout: float = 15.0,
         auth_failure_delay: int = 0,
+        sasl_socket: Path | None = None,
+        max_connections: int = 200,
     ) -> None:
         self.workdir = workdir.resolve()
         if not _SAFE_PATH.fullmatch(str(self.workdir)):
@@ -167,6 +170,12 @@ class PrivateDovecot:
         self.start_timeout = start_timeout
         # Seconds (Dovecot takes whole ones) before a failed login is answered; its default is 2.
         self.auth_failure_delay = auth_failure_delay
+        # A Dovecot SASL socket for an MTA (Postfix's smtpd_sasl_type = dovecot), mode 0666.
+        self.sasl_socket = sasl_socket
+        # Concurrent IMAP sessions to allow (bench/idle_sessions.py asks for thousands): above
+        # the default, login and imap processes each serve many connections (Dovecot's
+        # "performance mode") instead of one process per connection.
+        self.max_connections = max_connections
         self.config_file = self.workdir / "dovecot.conf"
         self.log_file = self.workdir / "dovecot.log"
         self.stderr_file = self.workdir / "dovecot.stderr"
@@ -255,8 +264,10 @@ class PrivateDovecot:
         if self._root:
             # Mail processes chroot into mail_dir ("/./" in home), as nobody; see module doc.
             home = f"{self.mail_dir}/./%u"
-            identity = f"valid_chroot_dirs = {self.mail_dir}\nservice auth {{\n  user = root\n}}\n"
+            identity = f"valid_chroot_dirs = {self.mail_dir}\n"
+            auth_service = "  user = root\n"
         else:
+            auth_service = ""
             # The group matters too: sockets such as stats-writer are chowned to it.
             me, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
             home = f"{self.mail_dir}/%u"
@@ -269,6 +280,10 @@ class PrivateDovecot:
             for service in ("anvil", "ipc", "old-stats", "aggregator", "imap-login"):
                 identity += f"service {service} {{\n  chroot =\n}}\n"
             identity += "service imap-urlauth-login {\n  chroot =\n}\n"
+        if self.sasl_socket is not None:
+            auth_service += f"  unix_listener {self.sasl_socket} {{\n    mode = 0666\n  }}\n"
+        if auth_service:
+            identity += f"service auth {{\n{auth_service}}}\n"
         plugins = "zlib" if self.compress else ""
         imap_plugins = "imap_zlib" if self.compress else ""
         folders = "".join(
@@ -298,10 +313,10 @@ auth_failure_delay = {self.auth_failure_delay} secs
 auth_master_user_separator = *
 # The gateway connects from here and forwards the road user's address with ID x-originating-ip.
 login_trusted_networks = {self.host}/32
-default_process_limit = 200
-default_client_limit = 1000
-mail_max_userip_connections = 200
-mail_location = maildir:~/Maildir
+default_process_limit = {max(200, self.max_connections // _SESSIONS_PER_PROCESS + 20)}
+default_client_limit = {max(1000, self.max_connections + 200)}
+mail_max_userip_connections = {max(200, self.max_connections)}
+{self._scale_config()}mail_location = maildir:~/Maildir
 mail_plugins = $mail_plugins {plugins}
 mailbox_idle_check_interval = 1 secs
 namespace inbox {{
@@ -318,7 +333,7 @@ service anvil {{
   }}
 }}
 service imap-login {{
-  inet_listener imap {{
+{self._login_scale_config()}  inet_listener imap {{
     port = {self.imap_port}
   }}
   inet_listener imaps {{
@@ -340,6 +355,24 @@ passdb {{
 userdb {{
   driver = static
   args = uid={self.mail_uid} gid={self.mail_gid} home={home}
+}}
+"""
+
+    def _login_scale_config(self) -> str:
+        if self.max_connections <= 200:
+            return ""
+        return (
+            f"  service_count = 0\n  client_limit = {self.max_connections + 200}\n"
+            "  process_min_avail = 2\n  vsz_limit = 1G\n"
+        )
+
+    def _scale_config(self) -> str:
+        if self.max_connections <= 200:
+            return ""
+        return f"""service imap {{
+  client_limit = {_SESSIONS_PER_PROCESS}
+  service_count = 0
+  process_limit = {self.max_connections // _SESSIONS_PER_PROCESS + 20}
 }}
 """
 

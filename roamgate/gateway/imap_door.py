@@ -10,7 +10,9 @@ import socket
 import ssl
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+from roamgate.callback.waiting import LOGIN_DEVICE, WAITING_CLIENT
 from roamgate.config import Listener
 from roamgate.gateway.imap_relay import ImapRelay, RelaySettings
 from roamgate.gateway.lean_cache import LeanCache
@@ -39,7 +41,7 @@ from roamgate.login.authenticator import LoginResult
 from roamgate.login.profile_choice import LoginName, choose_profile, split_login
 from roamgate.login.verifiers import Outcome, PasswordVerifier
 from roamgate.runtime import Runtime
-from roamgate.store.base import SessionRecord, UserRecord
+from roamgate.store.base import SessionRecord, StoreError, UserRecord
 
 log = logging.getLogger("roamgate.imap")
 
@@ -49,6 +51,31 @@ PRELOGIN_LIMITS = Limits(max_line=8 * KIB, max_literal=4 * KIB, max_depth=4)
 PRELOGIN_LITERAL_TOTAL = 8 * KIB
 # ID keys the gateway sets itself; a client must not forge its own address upstream.
 _RESERVED_ID_PREFIX = "x-"
+# RFC 3501 7.1.5: the untagged BYE a draining shutdown sends between commands.
+SHUTDOWN_BYE = b"roamgate: server shutting down"
+# An idle session's record (last seen) is refreshed this often; a busy one at every check.
+SESSION_TOUCH_SECONDS = 60.0
+# How often a draining session looks whether its transfer has finished.
+_DRAIN_POLL = 0.05
+
+
+@dataclass
+class DrainCounts:
+    """How a door's connections ended in a draining shutdown (for serve_stop's audit)."""
+
+    sessions_drained: int = 0  # logged in, told BYE at a quiet moment
+    sessions_cut: int = 0  # still busy at the deadline: BYE if possible, then closed
+    prelogin_closed: int = 0  # not logged in yet: BYE at once
+
+
+@dataclass
+class _LiveSession:
+    """A logged-in session as the door's watcher sees it."""
+
+    relay: ImapRelay
+    revoked: asyncio.Future[str]
+    touched_at: float
+    touched: tuple[int, int] = (0, 0)  # bytes in and out when the record was last written
 
 
 class Disconnect(Exception):
@@ -175,6 +202,84 @@ class ImapDoor:
         self.lean_cache = LeanCache()
         self._connections: set[asyncio.Task[None]] = set()
         self._closing = False
+        # SIGTERM: sessions end at their next quiet moment, or at drain_deadline (monotonic).
+        self.draining = asyncio.Event()
+        self.drain_deadline = 0.0
+        self.drain_counts = DrainCounts()
+        self.drain_waiters: set[asyncio.Future[str]] = set()
+        self.live: dict[str, _LiveSession] = {}
+        self._watcher: asyncio.Task[None] | None = None
+
+    def start_watcher(self) -> None:
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.get_running_loop().create_task(
+                self._watch_sessions(), name=f"{self.name}-session-watch"
+            )
+
+    async def _watch_sessions(self) -> None:
+        """Every session_check_seconds: one store query finds revoked sessions among this
+        door's; a session's record is rewritten only when its byte counts moved, or once
+        every SESSION_TOUCH_SECONDS while idle (a query and a write per idle session every
+        few seconds was most of the gateway's CPU with thousands of idle sessions)."""
+        while True:
+            await asyncio.sleep(self.settings.session_check_seconds)
+            if not self.live:
+                continue
+            try:
+                await self._check_sessions()
+            except StoreError as exc:
+                log.error("session check failed: %s", exc)
+
+    async def _check_sessions(self) -> None:
+        store = self.rt.store
+        for record in await store.list_sessions(open_only=True):
+            live = self.live.get(record.id)
+            revoked = live is not None and record.end_requested_at is not None
+            if revoked and live is not None and not live.revoked.done():
+                live.revoked.set_result("revoked")
+        now = self.rt.clock()
+        for session_id, live in list(self.live.items()):
+            counts = (live.relay.bytes_in, live.relay.bytes_out)
+            if counts != live.touched or now - live.touched_at >= SESSION_TOUCH_SECONDS:
+                await store.touch_session(session_id, now, *counts)
+                live.touched, live.touched_at = counts, now
+
+    def reload(self, rt: Runtime) -> None:
+        """SIGHUP: new sessions use the new settings; the TLS certificate changes in place."""
+        self.settings = rt.config.imap_proxy
+        self.limiter.total = self.settings.max_connections
+        self.limiter.per_source = self.settings.max_connections_per_source
+        self.relay_settings = RelaySettings(
+            idle_timeout=float(self.settings.idle_timeout_seconds),
+            idle_renew=float(self.settings.idle_renew_seconds),
+            keepalive=float(self.settings.keepalive_seconds),
+        )
+        self.profiles = rt.config.link_profiles()
+        # The listening socket keeps this context object: loading the new pair into it gives
+        # every later handshake the new certificate, while connections made before keep their
+        # own (OpenSSL copies the certificate into each connection). The caller has checked
+        # the pair in a fresh context first, so a bad pair never gets this far.
+        tls = rt.config.tls
+        self.ssl_context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+
+    async def drain(self, deadline: float) -> DrainCounts:
+        """Stop accepting at once; end each session at a quiet moment, all by the deadline."""
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        if self._proxied is not None:
+            await self._proxied.close()
+        self.drain_deadline = deadline
+        self.draining.set()
+        for waiter in self.drain_waiters:
+            if not waiter.done():
+                waiter.set_result("drain")
+        if self._connections:
+            # The margin lets sessions cut at the deadline write their session_close.
+            await asyncio.wait(
+                set(self._connections), timeout=max(0.0, deadline - time.monotonic()) + 8
+            )
+        return self.drain_counts
 
     async def start(self) -> None:
         assert self.listener is not None
@@ -207,6 +312,8 @@ class ImapDoor:
 
     async def close(self) -> None:
         self._closing = True
+        if self._watcher is not None:
+            self._watcher.cancel()
         if self._server is not None:
             self._server.close()
         if self._proxied is not None:
@@ -366,8 +473,31 @@ class _Connection:
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError
-        data = await asyncio.wait_for(self.reader.read(READ_SIZE), left)
-        self.parser.receive_data(data)
+        draining = self.door.draining
+        if draining.is_set():
+            await self._shutdown_before_login()
+        read = asyncio.ensure_future(self.reader.read(READ_SIZE))
+        drain = asyncio.ensure_future(draining.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {read, drain}, timeout=left, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            drain.cancel()
+            if not read.done():
+                read.cancel()
+        if read in done:
+            self.parser.receive_data(read.result())
+        elif drain in done:
+            await self._shutdown_before_login()
+        else:
+            raise TimeoutError
+
+    async def _shutdown_before_login(self) -> None:
+        self.door.drain_counts.prelogin_closed += 1
+        with contextlib.suppress(OSError, ssl.SSLError, ConnectionError, TimeoutError):
+            await asyncio.wait_for(self._send(b"* BYE " + SHUTDOWN_BYE + b"\r\n"), 5)
+        raise Disconnect("server shutting down")
 
     async def _prelogin(self) -> tuple[UpstreamImap, UserRecord, str]:
         while True:
@@ -516,14 +646,21 @@ class _Connection:
                     verifier=verifier,
                 )
             else:
-                result = await self.rt.authenticator.login_combined(
-                    login.user,
-                    action.secret,
-                    source=self.source,
-                    door=self.door.name,
-                    device=device,
-                    verifier=verifier,
-                )
+                # A callback may hold this LOGIN: the client gets untagged OKs meanwhile.
+                client = WAITING_CLIENT.set(_HeldLogin(self))
+                held_device = LOGIN_DEVICE.set(device)
+                try:
+                    result = await self.rt.authenticator.login_combined(
+                        login.user,
+                        action.secret,
+                        source=self.source,
+                        door=self.door.name,
+                        device=device,
+                        verifier=verifier,
+                    )
+                finally:
+                    WAITING_CLIENT.reset(client)
+                    LOGIN_DEVICE.reset(held_device)
             if result.ok and result.user is not None:
                 if direct:
                     upstream, session_verifier.conn = session_verifier.conn, None
@@ -711,20 +848,74 @@ class _Connection:
             )
 
     async def _watch(self, relay: ImapRelay, relay_task: asyncio.Task[str], session_id: str) -> str:
-        """Wait for the relay; meanwhile keep the session record fresh and obey revocations."""
-        interval = self.door.settings.session_check_seconds
-        while True:
-            done, _ = await asyncio.wait({relay_task}, timeout=interval)
+        """Wait for the relay, a revocation (the door's watcher polls the store for all its
+        sessions at once) or a draining shutdown."""
+        draining = self.door.draining
+        # Bare futures the door resolves (lighter than a task per session).
+        loop = asyncio.get_running_loop()
+        drain_wait: asyncio.Future[str] = loop.create_future()
+        live = _LiveSession(relay, loop.create_future(), self.rt.clock())
+        self.door.drain_waiters.add(drain_wait)
+        self.door.live[session_id] = live
+        self.door.start_watcher()
+        try:
+            while True:
+                if draining.is_set():
+                    return await self._drain_session(relay, relay_task)
+                done, _ = await asyncio.wait(
+                    {relay_task, drain_wait, live.revoked}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if relay_task in done:
+                    return relay_task.result()
+                if live.revoked in done:
+                    await relay.end(b"Session ended by the administrator.")
+                    relay_task.cancel()
+                    return "revoked"
+        finally:
+            self.door.live.pop(session_id, None)
+            self.door.drain_waiters.discard(drain_wait)
+            drain_wait.cancel()
+            live.revoked.cancel()
+
+    async def _drain_session(self, relay: ImapRelay, relay_task: asyncio.Task[str]) -> str:
+        """Shutdown: BYE when nothing is in flight, or at the drain deadline regardless."""
+        counts = self.door.drain_counts
+        while not relay.quiescent() and time.monotonic() < self.door.drain_deadline:
+            done, _ = await asyncio.wait({relay_task}, timeout=_DRAIN_POLL)
             if done:
                 return relay_task.result()
-            record = await self.rt.store.get_session(session_id)
-            if record is not None and record.end_requested_at is not None:
-                await relay.end(b"Session ended by the administrator.")
-                relay_task.cancel()
-                return "revoked"
-            await self.rt.store.touch_session(
-                session_id, self.rt.clock(), relay.bytes_in, relay.bytes_out
-            )
+        if relay.quiescent():
+            counts.sessions_drained += 1
+            reason = "server_shutdown"
+        else:
+            counts.sessions_cut += 1
+            reason = "drain_timeout"
+        await relay.end(SHUTDOWN_BYE)
+        if reason == "drain_timeout":
+            # A client that stopped reading would hold a graceful close open: cut it.
+            transport = getattr(self.writer, "transport", None)
+            if transport is not None:
+                transport.abort()
+        relay_task.cancel()
+        return reason
+
+
+class _HeldLogin:
+    """The WaitingClient of an IMAP LOGIN held for a callback: it cannot be asked anything."""
+
+    can_ask = False
+
+    def __init__(self, conn: _Connection) -> None:
+        self.conn = conn
+
+    async def ask(self, instruction: str, prompt: str) -> str | None:
+        return None
+
+    async def keepalive(self, text: str) -> None:
+        # An untagged OK may come at any time, during a command too (RFC 9051 7.1, RFC 3501
+        # 7.1): it keeps the client's read timeout and NAT bindings from expiring.
+        clean = "".join(c for c in text if c.isprintable() and c not in "[]")[:200]
+        await self.conn._send(f"* OK {clean or 'Waiting'}\r\n".encode())
 
 
 async def _open_imaps(rt: Runtime, listener: Listener) -> Door:

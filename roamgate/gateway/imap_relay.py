@@ -87,6 +87,19 @@ class RelaySettings:
     keepalive: float = 120.0  # an untagged OK to an idling client when all is quiet
 
 
+def write_backlog(writer: Writer) -> int:
+    """Bytes written but not yet handed to the kernel (TCP/TLS) or the SSH channel."""
+    inner: object = writer
+    for _ in range(3):  # through a DeflateWriter and a Counted wrapper (SSH forwards)
+        inner = getattr(inner, "_inner", None) or getattr(inner, "_writer", None) or inner
+    for name in ("transport", "channel"):
+        holder = getattr(inner, name, None)
+        size = getattr(holder, "get_write_buffer_size", None)
+        if size is not None:
+            return int(size())
+    return 0
+
+
 class RelayEnded(Exception):
     """Internal: one side finished; the reason goes to the audit trail."""
 
@@ -180,8 +193,12 @@ class ImapRelay:
         self._prefetch_due = False
         self._prefetch_tag: bytes | None = None
         self._prefetch_probe = False  # the proxy's FETCH asks for UIDs only
-        self._wake = asyncio.Event()  # wakes the client pump for a prefetch
+        # Wakes the client pump for a prefetch: a flag and a bare future while the pump waits
+        # (an Event.wait() task per idle session cost more memory than the rest of the wake-up).
+        self._woken = False
+        self._waker: asyncio.Future[object] | None = None
         self._read_task: asyncio.Future[bytes] | None = None
+        self._in_command = False  # the client's current command has not ended yet
 
     # -- running
     async def run(self) -> str:
@@ -216,6 +233,22 @@ class ImapRelay:
         """Close from outside (admin revoke, shutdown): a BYE between lines, if possible."""
         await self._bye(text)
 
+    def quiescent(self) -> bool:
+        """Nothing in flight: no command half read or unanswered (an IDLE aside), no response
+        half written, and everything written has left for the client. A BYE now cuts nothing
+        (a draining shutdown waits for this)."""
+        owed = self._outstanding - {self._idle_tag}
+        return (
+            not owed
+            and not self._in_command
+            and self._await is None
+            and self._prefetch_tag is None
+            and self._lean is None
+            and not self._client_lock.locked()
+            and not self._client_buf
+            and write_backlog(self.cw) == 0
+        )
+
     # -- client -> upstream
     async def _client_event(self, wait: float | None, *, between: bool = False) -> Event | Signal:
         """The next client event, or PAUSED when a synchronising literal awaits our decision.
@@ -226,7 +259,7 @@ class ImapRelay:
             event = self.cp.next_event()
             if event is NEED_DATA:
                 await self._flush_up()
-                self._wake.clear()
+                self._woken = False
                 if between and self._prefetch_due and self._idle_tag is None:
                     await self._prefetch()
                 try:
@@ -251,13 +284,17 @@ class ImapRelay:
         """
         if self._read_task is None:
             self._read_task = asyncio.ensure_future(self.cr.read(READ_SIZE))
-        waker: asyncio.Future[object] = asyncio.ensure_future(self._wake.wait())
+        waker: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        if self._woken:
+            waker.set_result(None)
+        self._waker = waker
         reading: asyncio.Future[object] = self._read_task  # type: ignore[assignment]
         try:
             done, _ = await asyncio.wait(
                 {reading, waker}, timeout=wait, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
+            self._waker = None
             waker.cancel()
         if reading in done:
             task, self._read_task = self._read_task, None
@@ -279,6 +316,7 @@ class ImapRelay:
         literal_ok = False
         collecting: list[Event] | None = None  # a FETCH line held until it can be planned
         while True:
+            self._in_command = command is not None or collecting is not None
             if self._idle_tag is not None:
                 timeout = self._idle_wait_left()
             else:
@@ -613,7 +651,9 @@ class ImapRelay:
             self.cache.drop_mailbox(self.user_name, name, keep_uidvalidity=self._uidvalidity)
         if self.profile.prefetch_depth and self._uids and self.cache is not None:
             self._prefetch_due = True
-            self._wake.set()
+            self._woken = True
+            if self._waker is not None and not self._waker.done():
+                self._waker.set_result(None)
 
     async def _prefetch(self, pending: bytes | None = None) -> None:
         """The newest messages' renditions into the cache, before the client's next command.

@@ -40,6 +40,12 @@ class Counted:
     def get_extra_info(self, name: str, default: Any = None, /) -> Any:
         return self._writer.get_extra_info(name, default)
 
+    async def wait_closed(self) -> None:
+        """Until the peer has closed its side too (an SSH channel); at once for other writers."""
+        wait = getattr(getattr(self._writer, "channel", None), "wait_closed", None)
+        if wait is not None:
+            await wait()
+
     def write_eof(self) -> None:
         write_eof = getattr(self._writer, "write_eof", None)
         if write_eof is not None:

@@ -4,7 +4,8 @@ Policy lives in small asyncssh hooks whose default is to refuse (see roamgate.ss
 no shell, exec, subsystem, agent or X11 (a session channel is refused outright: every one of
 those needs one), no remote or Unix-socket forwarding, no tun/tap, and direct-tcpip only to
 `imap` (roamgate's own IMAP proxy, logged in as the SSH user with the password alone),
-`submission` and the configured forwards. Each refusal is audited.
+`submission` (roamgate's own submission door: its policy and relay, see submission_door) and
+the configured forwards. Each refusal is audited.
 
 Authentication is one keyboard-interactive conversation: `Password: ` then `One-time code: `.
 A client that proves it holds a key (its signature) gives the door a device identity for the
@@ -25,17 +26,20 @@ from typing import Any
 
 import asyncssh
 
+from roamgate.callback.waiting import LOGIN_DEVICE, WAITING_CLIENT
 from roamgate.config import Listener, SshSettings
-from roamgate.gateway.imap_door import ImapDoor
+from roamgate.gateway.imap_door import DrainCounts, ImapDoor
 from roamgate.gateway.limits import ConnectionLimiter
 from roamgate.gateway.proxy_accept import Origin, ProxyAcceptor, TrustedProxies
 from roamgate.gateway.pump import Counted, relay
 from roamgate.gateway.resumable import ResumableService
 from roamgate.gateway.serve import DOORS, Door
+from roamgate.gateway.submission_door import SubmissionDoor
 from roamgate.login.authenticator import LoginResult
 from roamgate.runtime import Runtime
 from roamgate.ssh import algorithms
-from roamgate.ssh.forwards import Refusal, Service, resolve
+from roamgate.ssh.callback_round import KbdRound
+from roamgate.ssh.forwards import SUBMISSION, Refusal, Service, resolve
 from roamgate.store.base import JsonValue, SessionRecord, TravelWindow, UserRecord
 
 log = logging.getLogger("roamgate.ssh")
@@ -68,6 +72,12 @@ class SshDoor:
         self.settings: SshSettings = rt.config.ssh
         # The tunnel's IMAP target: the gateway's own proxy, without a listener of its own.
         self.imap = ImapDoor(rt, None, name="ssh-imap", implicit_tls=True)
+        # The tunnel's `submission`: the submission door's own SMTP session and relay.
+        self.submission = (
+            SubmissionDoor(rt, None, name="ssh-submission", implicit_tls=False)
+            if rt.config.upstream.smtp is not None
+            else None
+        )
         # `imap-resume`: IMAP sessions kept across line drops (gateway/resumable.py).
         self.resume = ResumableService(rt, self.imap, self.settings.resume, door=self.name)
         self.limiter = ConnectionLimiter(
@@ -81,6 +91,8 @@ class SshDoor:
         self._closing = False
         self._drained = asyncio.Event()  # no connection and no bookkeeping left
         self._drained.set()
+        self.ssh_closed = 0  # draining shutdown: closed after their forwards finished
+        self.ssh_cut = 0  # closed at the drain deadline with forwards still open
 
     def connection_added(self, conn: _SshConnection) -> None:
         self._connections.add(conn)
@@ -103,6 +115,11 @@ class SshDoor:
         return list(keypairs)
 
     def _server_options(self) -> dict[str, Any]:
+        login_timeout = self.settings.login_timeout_seconds
+        callback = self.rt.config.callback
+        if callback is not None:
+            # A login held for a callback must not be cut by the login timer while it waits.
+            login_timeout = max(login_timeout, callback.timeout_seconds + 30)
         return {
             "server_host_keys": self._host_keys(),
             "server_version": "roamgate",
@@ -111,7 +128,7 @@ class SshDoor:
             "mac_algs": list(algorithms.MAC),
             "signature_algs": list(algorithms.SIGNATURE),
             "compression_algs": list(algorithms.COMPRESSION),
-            "login_timeout": float(self.settings.login_timeout_seconds),
+            "login_timeout": float(login_timeout),
             "keepalive_interval": float(self.settings.keepalive_seconds),
             "keepalive_count_max": self.settings.keepalive_count_max,
             "allow_pty": False,
@@ -123,6 +140,9 @@ class SshDoor:
         }
 
     async def start(self) -> None:
+        if self.submission is not None:
+            # What the tunnel's SMTP sessions may offer in EHLO (8BITMIME, CHUNKING, ...).
+            self.submission.spawn(self.submission.probe_upstream(), "submission-probe")
         self.resume.start()  # the grace-period clock, whichever way connections are accepted
         if self.listener.proxy_protocol:
             # asyncssh.listen accepts (and reads) sockets itself, so it cannot skip a PROXY
@@ -179,6 +199,47 @@ class SshDoor:
             log.error("ssh task %s failed", task.get_name(), exc_info=task.exception())
         self._check_drained()
 
+    def reload(self, rt: Runtime) -> None:
+        """SIGHUP: limits, delays and forwards for later logins; host keys and keep-alives for
+        later connections (asyncssh applies acceptor options to connections accepted after)."""
+        assert rt.config.ssh is not None
+        self.settings = rt.config.ssh
+        self.limiter.total = self.settings.max_connections
+        self.limiter.per_source = self.settings.max_connections_per_source
+        self.imap.reload(rt)
+        if self._acceptor is not None:
+            self._acceptor.update(
+                server_host_keys=self._host_keys(),
+                login_timeout=float(self.settings.login_timeout_seconds),
+                keepalive_interval=float(self.settings.keepalive_seconds),
+                keepalive_count_max=self.settings.keepalive_count_max,
+            )
+        if self._proxied is not None:  # behind PROXY protocol: options per accepted socket
+            self._options = asyncssh.SSHServerConnectionOptions(**self._server_options())
+
+    async def drain(self, deadline: float) -> DrainCounts:
+        """Stop accepting; each connection is closed with a disconnect message once its
+        forwards have finished (tunnelled IMAP sessions get their BYE first), or at the deadline."""
+        self._closing = True
+        if self._acceptor is not None:
+            self._acceptor.close()
+        if self._proxied is not None:
+            await self._proxied.close()
+        imap = asyncio.ensure_future(self.imap.drain(deadline))
+        waits = [self._drain_connection(conn, deadline) for conn in list(self._connections)]
+        await asyncio.gather(*waits)
+        counts = await imap
+        return counts
+
+    async def _drain_connection(self, conn: _SshConnection, deadline: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(conn.no_channels.wait(), max(0.0, deadline - time.monotonic()))
+        if conn.busy():
+            self.ssh_cut += 1
+        else:
+            self.ssh_closed += 1
+        conn.shut_down()
+
     async def close(self) -> None:
         self._closing = True
         if self._acceptor is not None:
@@ -192,6 +253,8 @@ class SshDoor:
             await asyncio.wait_for(self._drained.wait(), 10)
         await self.resume.close()
         await self.imap.close()
+        if self.submission is not None:
+            await self.submission.close()
         if self._acceptor is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._acceptor.wait_closed(), 5)
@@ -224,10 +287,15 @@ class _SshConnection(asyncssh.SSHServer):
         self._started = 0.0
         self._began = 0.0
         self._channels: set[Counted] = set()
+        self.no_channels = asyncio.Event()  # a draining shutdown waits for it
+        self.no_channels.set()
         self.bytes_in = 0  # of channels already closed
         self.bytes_out = 0
         self._watch: asyncio.Task[None] | None = None
         self._ended_by: str | None = None
+        # A login held for a callback: its task and the bridge its questions come through.
+        self._held_login: asyncio.Task[LoginResult] | None = None
+        self._round: KbdRound | None = None
 
     # -- connection
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
@@ -250,6 +318,10 @@ class _SshConnection(asyncssh.SSHServer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._password = None
+        if self._round is not None:
+            self._round.answer(None)
+        if self._held_login is not None:
+            self._held_login.cancel()
         if self._held is not None:
             self._held.close()
             self._held = None
@@ -259,6 +331,10 @@ class _SshConnection(asyncssh.SSHServer):
         if self.session_id is not None:
             reason = self._ended_by or ("connection_lost" if exc is not None else "closed")
             self.door.spawn(self._close_session(reason), f"ssh-close-{self.session_id}")
+
+    def busy(self) -> bool:
+        """A forward is open (its channel still carries data)."""
+        return bool(self._channels)
 
     def shut_down(self) -> None:
         if self.conn is not None:
@@ -360,17 +436,16 @@ class _SshConnection(asyncssh.SSHServer):
         auth = self.rt.authenticator
         step, self._step = self._step, ""
         source, door = self.source, self.door.name
+        login: Coroutine[Any, Any, LoginResult] | None = None
         if step == "password":
             self._password = answer
             self._window = await auth.find_window(username, self._devices())
             if self._window is None:
                 self._step = "code"
                 return _challenge(CODE_PROMPT)
-            result = await auth.login_in_window(
-                username, answer, self._window, source=source, door=door
-            )
+            login = auth.login_in_window(username, answer, self._window, source=source, door=door)
         elif step == "code" and self._password is not None:
-            result = await auth.login(
+            login = auth.login(
                 username,
                 self._password,
                 answer,
@@ -379,13 +454,54 @@ class _SshConnection(asyncssh.SSHServer):
                 device=self._devices()[0],
             )
         elif step == "code_after_key" and self._login_key is not None:
-            result = await auth.login_with_key(
-                username, self._login_key, answer, source=source, door=door
+            login = auth.login_with_key(username, self._login_key, answer, source=source, door=door)
+        elif step == "callback" and self._round is not None and self._held_login is not None:
+            self._round.answer(answer)
+            followed = await self._follow()
+            return (
+                followed
+                if isinstance(followed, tuple)
+                else await self._decided(username, followed, began)
             )
-        else:
-            result = LoginResult(False, "out_of_order")
         self._password = None
-        return await self._decided(username, result, began)
+        if login is None:
+            return await self._decided(username, LoginResult(False, "out_of_order"), began)
+        followed = await self._start_login(login)
+        if isinstance(followed, tuple):
+            return followed
+        return await self._decided(username, followed, began)
+
+    async def _start_login(
+        self, login: Coroutine[Any, Any, LoginResult]
+    ) -> LoginResult | Challenge:
+        """Run the login as a task that a callback may hold; its questions become rounds."""
+        self._round = KbdRound()
+        client = WAITING_CLIENT.set(self._round)
+        device = LOGIN_DEVICE.set(self._devices()[0])
+        try:
+            # The task copies the context here, with both variables set.
+            self._held_login = asyncio.get_running_loop().create_task(login)
+        finally:
+            WAITING_CLIENT.reset(client)
+            LOGIN_DEVICE.reset(device)
+        return await self._follow()
+
+    async def _follow(self) -> LoginResult | Challenge:
+        """The login's result, or its next question as a challenge."""
+        task, bridge = self._held_login, self._round
+        assert task is not None and bridge is not None
+        question = asyncio.ensure_future(bridge.questions.get())
+        try:
+            await asyncio.wait({task, question}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not question.done():
+                question.cancel()
+        if task.done():
+            self._held_login = self._round = None
+            return task.result()
+        instruction, prompt = question.result()
+        self._step = "callback"
+        return ("roamgate callback", instruction, "", [(prompt, False)])
 
     async def _decided(
         self, username: str, result: LoginResult, began: float, *, audit_malformed: bool = False
@@ -579,6 +695,7 @@ class _SshConnection(asyncssh.SSHServer):
     async def _forward(self, service: Service, asked: str, channel: Counted) -> None:
         assert self.user is not None
         self._channels.add(channel)
+        self.no_channels.clear()
         began = time.monotonic()
         detail: dict[str, JsonValue] = {"service": service.name, "asked": asked}
         if service.kind == "tcp":
@@ -610,15 +727,27 @@ class _SshConnection(asyncssh.SSHServer):
                     tunnel_user=self.user.name,
                     link_compressed=compression not in (None, "none"),
                 )
+            elif service.name == SUBMISSION and self.door.submission is not None:
+                reason = await self.door.submission.serve_tunnel(
+                    channel, self.source, self.port, self.user.name
+                )
             else:
                 reason = await self._tcp(service, channel)
         except (ConnectionError, OSError):
             reason = "connection_lost"
         finally:
+            channel.close()
+            if self.door._closing:
+                # OpenSSH drops channel data it has not written out yet (an IMAP BYE) when the
+                # connection is disconnected: let the client close its side of the channel
+                # before the drain disconnects it.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(channel.wait_closed(), 2)
             self._channels.discard(channel)
+            if not self._channels:
+                self.no_channels.set()
             self.bytes_in += channel.bytes_read
             self.bytes_out += channel.bytes_written
-            channel.close()
             await self.rt.auditor.record(
                 "forward_close",
                 "ok" if reason == "closed" else "error",

@@ -234,8 +234,21 @@ class UpstreamImap:
             self.capabilities = _atoms(response.code.args)
 
 
+# Capability lists by content: every session with one server has the same ~40 strings, so they
+# are kept once (lists are replaced, never changed in place). Bounded: a server that varies
+# its list endlessly only stops the sharing.
+_SHARED_ATOMS: dict[tuple[str, ...], list[str]] = {}
+_MAX_SHARED = 64
+
+
 def _atoms(values: Sequence[object]) -> list[str]:
-    return [v.value.decode("ascii", "replace") for v in values if isinstance(v, Atom)]
+    atoms = tuple(v.value.decode("ascii", "replace") for v in values if isinstance(v, Atom))
+    shared = _SHARED_ATOMS.get(atoms)
+    if shared is None:
+        shared = list(atoms)
+        if len(_SHARED_ATOMS) < _MAX_SHARED:
+            _SHARED_ATOMS[atoms] = shared
+    return shared
 
 
 class SparePool:

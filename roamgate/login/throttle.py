@@ -36,6 +36,10 @@ class Throttle:
         self.store = store
         self.auditor = auditor
         self.clock = clock
+        self.apply(settings)
+
+    def apply(self, settings: Lockout) -> None:
+        """Take (new) thresholds and lock times; counts already in the store stay."""
         self.user_policy = LockPolicy(
             threshold=settings.user_threshold,
             base_seconds=settings.user_lock_seconds,

@@ -79,6 +79,23 @@ class CallbackRecord:
     verified_at: float | None
 
 
+CallbackPolicy = Literal["never", "always", "new_source"]
+
+
+@dataclass(frozen=True)
+class PendingCallback:
+    """The one outstanding callback of a user (see Store.claim_pending_callback)."""
+
+    id: str
+    user_id: int
+    channel: str
+    node: str
+    token_hash: bytes | None = field(repr=False)
+    status: str
+    created_at: float
+    expires_at: float
+
+
 @dataclass(frozen=True)
 class SshKeyRecord:
     """A public key that may stand in for the user's password at the SSH door (not the code)."""
@@ -325,6 +342,59 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def remove_callback(self, callback_id: int) -> bool: ...
 
+    @abc.abstractmethod
+    async def set_callback_key(self, callback_id: int, sealed_key: bytes) -> bool:
+        """Store the sealed device key of a (dial-back) registration; False if unknown."""
+
+    @abc.abstractmethod
+    async def get_callback_key(self, callback_id: int) -> bytes | None: ...
+
+    # -- callback policy, known sources and the outstanding callback
+    @abc.abstractmethod
+    async def set_callback_policy(
+        self, user_id: int, policy: CallbackPolicy, now: float
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def get_callback_policy(self, user_id: int) -> CallbackPolicy | None:
+        """The user's policy, or None if none was set (the config's default applies)."""
+
+    @abc.abstractmethod
+    async def note_known_sources(self, user_id: int, keys: Sequence[str], now: float) -> None:
+        """Remember sources (network, device) the user logged in from successfully."""
+
+    @abc.abstractmethod
+    async def unknown_sources(self, user_id: int, keys: Sequence[str]) -> list[str]:
+        """The keys among these that the user never logged in from, in the order given."""
+
+    @abc.abstractmethod
+    async def claim_pending_callback(self, pending: PendingCallback) -> bool:
+        """Compare-and-set: make this the user's outstanding callback.
+
+        True for exactly one of concurrent claims, and only if the user has none, or theirs
+        has expired (expires_at <= pending.created_at): one outstanding callback per user,
+        across every node sharing the store.
+        """
+
+    @abc.abstractmethod
+    async def get_pending_callback(self, pending_id: str) -> PendingCallback | None: ...
+
+    @abc.abstractmethod
+    async def update_pending_callback(
+        self, pending_id: str, from_statuses: Sequence[str], status: str, now: float
+    ) -> bool:
+        """Compare-and-set the status; False if it was not in from_statuses or has expired."""
+
+    @abc.abstractmethod
+    async def answer_pending_callback(
+        self, token_hash: bytes, status: str, now: float
+    ) -> PendingCallback | None:
+        """Approve or deny by the approve link's token: once, before expiry, else None."""
+
+    @abc.abstractmethod
+    async def finish_pending_callback(self, pending_id: str) -> bool:
+        """Forget an outstanding callback (its login is decided)."""
+
     # -- SSH keys
     @abc.abstractmethod
     async def add_ssh_key(
@@ -479,6 +549,22 @@ class Store(abc.ABC):
         limit: int = 1000,
     ) -> list[AuditRecord]:
         """Matching events, oldest first; at most the newest `limit` of them."""
+
+    @abc.abstractmethod
+    async def audit_page(
+        self,
+        *,
+        after: tuple[float, int] | None = None,
+        user_name: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 1000,
+    ) -> list[AuditRecord]:
+        """Matching events ordered by (ts, id), the first `limit` after the key `after`.
+
+        Keyset paging for `audit export`: the caller passes the (ts, id) of the last event it
+        got, so an export of any size walks the table in bounded pages.
+        """
 
     @abc.abstractmethod
     async def delete_audit_before(self, ts: float) -> int: ...

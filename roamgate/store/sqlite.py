@@ -16,10 +16,12 @@ import aiosqlite
 
 from roamgate.store.base import (
     AuditRecord,
+    CallbackPolicy,
     CallbackRecord,
     DeviceRecord,
     DuplicateError,
     InviteRecord,
+    PendingCallback,
     SessionRecord,
     SshKeyRecord,
     Store,
@@ -51,6 +53,7 @@ _INVITE_COLS = (
 )
 _WEB_SESSION_COLS = "id_hash, kind, user_name, csrf, data, created_at, last_seen_at, expires_at"
 _DEVICE_COLS = "id, user_name, name, serial, fingerprint, created_at, expires_at, revoked_at"
+_PENDING_COLS = "id, user_id, channel, node, token_hash, status, created_at, expires_at"
 _AUDIT_COLS = "id, ts, kind, result, user_name, source, door, factor, reason, actor, detail"
 
 
@@ -446,6 +449,101 @@ class SqliteStore(Store):
     async def remove_callback(self, callback_id: int) -> bool:
         return await self._run("DELETE FROM callbacks WHERE id = ?", (callback_id,)) == 1
 
+    async def set_callback_key(self, callback_id: int, sealed_key: bytes) -> bool:
+        n = await self._run(
+            "UPDATE callbacks SET sealed_key = ? WHERE id = ?", (sealed_key, callback_id)
+        )
+        return n == 1
+
+    async def get_callback_key(self, callback_id: int) -> bytes | None:
+        row = await self._one("SELECT sealed_key FROM callbacks WHERE id = ?", (callback_id,))
+        return bytes(row[0]) if row is not None and row[0] is not None else None
+
+    # -- callback policy, known sources, the outstanding callback
+    async def set_callback_policy(self, user_id: int, policy: CallbackPolicy, now: float) -> None:
+        await self._run(
+            "INSERT INTO callback_policies (user_id, policy, updated_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (user_id) DO UPDATE SET policy = excluded.policy,"
+            " updated_at = excluded.updated_at",
+            (user_id, policy, now),
+        )
+
+    async def get_callback_policy(self, user_id: int) -> CallbackPolicy | None:
+        row = await self._one("SELECT policy FROM callback_policies WHERE user_id = ?", (user_id,))
+        if row is None:
+            return None
+        policy: CallbackPolicy = row[0]
+        return policy
+
+    async def note_known_sources(self, user_id: int, keys: Sequence[str], now: float) -> None:
+        for key in keys:
+            await self._run(
+                "INSERT INTO known_sources (user_id, key, first_seen, last_seen)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (user_id, key) DO UPDATE SET"
+                " last_seen = excluded.last_seen",
+                (user_id, key, now, now),
+            )
+
+    async def unknown_sources(self, user_id: int, keys: Sequence[str]) -> list[str]:
+        rows = await self._all("SELECT key FROM known_sources WHERE user_id = ?", (user_id,))
+        known = {str(r[0]) for r in rows}
+        return [k for k in keys if k not in known]
+
+    async def claim_pending_callback(self, pending: PendingCallback) -> bool:
+        # One statement: the insert, or the take-over of an expired row, happens for one caller.
+        n = await self._run(
+            f"INSERT INTO pending_callbacks ({_PENDING_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (user_id) DO UPDATE SET id = excluded.id, channel = excluded.channel,"
+            " node = excluded.node, token_hash = excluded.token_hash, status = excluded.status,"
+            " created_at = excluded.created_at, expires_at = excluded.expires_at"
+            " WHERE pending_callbacks.expires_at <= excluded.created_at",
+            (
+                pending.id,
+                pending.user_id,
+                pending.channel,
+                pending.node,
+                pending.token_hash,
+                pending.status,
+                pending.created_at,
+                pending.expires_at,
+            ),
+        )
+        return n == 1
+
+    async def get_pending_callback(self, pending_id: str) -> PendingCallback | None:
+        row = await self._one(
+            f"SELECT {_PENDING_COLS} FROM pending_callbacks WHERE id = ?", (pending_id,)
+        )
+        return _pending(row) if row else None
+
+    async def update_pending_callback(
+        self, pending_id: str, from_statuses: Sequence[str], status: str, now: float
+    ) -> bool:
+        if not from_statuses:
+            return False
+        marks = ", ".join("?" for _ in from_statuses)
+        n = await self._run(
+            f"UPDATE pending_callbacks SET status = ? WHERE id = ? AND status IN ({marks})"
+            " AND expires_at > ?",
+            (status, pending_id, *from_statuses, now),
+        )
+        return n == 1
+
+    async def answer_pending_callback(
+        self, token_hash: bytes, status: str, now: float
+    ) -> PendingCallback | None:
+        row = await self._one(
+            "UPDATE pending_callbacks SET status = ? WHERE token_hash = ?"
+            " AND status IN ('pending', 'delivered') AND expires_at > ?"
+            f" RETURNING {_PENDING_COLS}",
+            (status, token_hash, now),
+        )
+        return _pending(row) if row else None
+
+    async def finish_pending_callback(self, pending_id: str) -> bool:
+        n = await self._run("DELETE FROM pending_callbacks WHERE id = ?", (pending_id,))
+        return n == 1
+
     # -- SSH keys
     async def add_ssh_key(
         self, user_id: int, fingerprint: str, public_key: str, comment: str, now: float
@@ -827,6 +925,35 @@ class SqliteStore(Store):
         )
         return [_audit(r) for r in reversed(rows)]
 
+    async def audit_page(
+        self,
+        *,
+        after: tuple[float, int] | None = None,
+        user_name: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 1000,
+    ) -> list[AuditRecord]:
+        where: list[str] = []
+        params: list[Any] = []
+        if user_name is not None:
+            where.append("user_name = ?")
+            params.append(user_name)
+        if since is not None:
+            where.append("ts >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("ts < ?")
+            params.append(until)
+        if after is not None:
+            where.append("(ts > ? OR (ts = ? AND id > ?))")
+            params += [after[0], after[0], after[1]]
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._all(
+            f"SELECT {_AUDIT_COLS} FROM audit{clause} ORDER BY ts, id LIMIT ?", [*params, limit]
+        )
+        return [_audit(r) for r in rows]
+
     async def delete_audit_before(self, ts: float) -> int:
         return await self._run("DELETE FROM audit WHERE ts < ?", (ts,))
 
@@ -878,6 +1005,11 @@ def _throttle(r: sqlite3.Row) -> ThrottleRecord:
 
 def _callback(r: sqlite3.Row) -> CallbackRecord:
     return CallbackRecord(r[0], r[1], r[2], r[3], r[4], r[5])
+
+
+def _pending(r: sqlite3.Row) -> PendingCallback:
+    token_hash = bytes(r[4]) if r[4] is not None else None
+    return PendingCallback(r[0], r[1], r[2], r[3], token_hash, r[5], r[6], r[7])
 
 
 def _ssh_key(r: sqlite3.Row) -> SshKeyRecord:

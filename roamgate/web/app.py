@@ -17,7 +17,7 @@ from roamgate.devices import DeviceError, build_crl
 from roamgate.gateway.serve import DOORS, Door
 from roamgate.gateway.tls import server_context
 from roamgate.runtime import Runtime
-from roamgate.web import admin, enroll, health, middlewares
+from roamgate.web import account, admin, enroll, health, middlewares
 from roamgate.web.keys import RT
 from roamgate.web.pages import html_page, redirect
 from roamgate.web.render import Markup
@@ -27,6 +27,7 @@ log = logging.getLogger("roamgate.web")
 # Forms are small; nothing larger is ever posted.
 MAX_REQUEST_BYTES = 64 * 1024
 _INVITE = re.compile(r"/invite/[^ ?]*")
+_APPROVE = re.compile(r"/callback/approve/[^ ?]*")
 
 routes = web.RouteTableDef()
 
@@ -99,6 +100,7 @@ def create_app(
     app.add_routes(routes)
     app.add_routes(enroll.routes)
     app.add_routes(admin.routes)
+    app.add_routes(account.routes)
     health.setup(app, rt)
     app.add_routes(extra_routes)
     for prefix, sub in subapps:
@@ -111,7 +113,8 @@ class RedactingAccessLogger(AbstractAccessLogger):
     """One line per request, with an invite link's token cut out and no query string."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        path = _INVITE.sub("/invite/[token]", request.path)[:200]
+        path = _INVITE.sub("/invite/[token]", request.path)
+        path = _APPROVE.sub("/callback/approve/[token]", path)[:200]
         self.logger.info(
             "web %s %s %s %d %.3fs", request.remote, request.method, path, response.status, time
         )
@@ -133,24 +136,35 @@ class WebDoor:
             shutdown_timeout=5,
         )
         self.site: web.TCPSite | None = None
+        # Browsers are never asked for a client certificate here (a prompt would confuse).
+        self.ssl_context = server_context(
+            dataclasses.replace(rt.config.tls, client_certificates="none")
+        )
 
     async def start(self) -> None:
         await self.runner.setup()
-        # Browsers are never asked for a client certificate here (a prompt would confuse).
-        files = dataclasses.replace(self.rt.config.tls, client_certificates="none")
         self.site = web.TCPSite(
             self.runner,
             self.listener.host,
             self.listener.port,
-            ssl_context=server_context(files),
+            ssl_context=self.ssl_context,
         )
         await self.site.start()
+
+    def reload(self, rt: Runtime) -> None:
+        """SIGHUP: new handshakes get the new certificate (see ImapDoor.reload)."""
+        self.ssl_context.load_cert_chain(str(rt.config.tls.cert_file), str(rt.config.tls.key_file))
 
     async def close(self) -> None:
         await self.runner.cleanup()
 
 
 async def open_web(rt: Runtime, listener: Listener, **plugins: Any) -> Door:
+    if rt.callbacks is not None and "extra_routes" not in plugins:
+        from roamgate.callback.http_routes import routes as callback_routes
+
+        # Approve links and the provider's status callbacks (/callback/...).
+        plugins["extra_routes"] = callback_routes(rt.callbacks)
     door = WebDoor(rt, listener, create_app(rt, **plugins))
     await door.start()
     return door

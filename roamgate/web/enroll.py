@@ -17,6 +17,7 @@ from typing import Any
 import segno
 from aiohttp import web
 
+from roamgate.callback.service import RegistrationError, check_address
 from roamgate.devices import DeviceError, issue_device
 from roamgate.invites import token_hash
 from roamgate.login.verifiers import Outcome
@@ -29,9 +30,6 @@ from roamgate.web.render import Markup, esc, fill, join, page
 from roamgate.web.sessions import WebSession
 
 DOOR = "web"
-_PHONE = re.compile(r"^\+[1-9][0-9]{6,14}$")
-_HOST_PORT = re.compile(r"^[A-Za-z0-9.\-]{1,253}:[0-9]{1,5}$|^\[[0-9A-Fa-f:.]{2,45}\]:[0-9]{1,5}$")
-_DEVICE_LABEL = re.compile(r"^[\w .\-]{1,64}$")
 
 routes = web.RouteTableDef()
 
@@ -351,15 +349,32 @@ async def enroll_callback(request: web.Request) -> web.Response:
     form = await request.post()
     channel = str(form.get("channel", ""))
     address = str(form.get("address", "")).strip()
-    valid = {
-        "webhook": _PHONE,
-        "dialback": _HOST_PORT,
-        "approve": _DEVICE_LABEL,
-    }.get(channel)
-    if valid is None or not valid.fullmatch(address):
+    try:
+        # The callback service's own rules, so what enrollment stores is what it can call.
+        address = check_address(channel, address)
+    except RegistrationError:
         notice = _error(
             "Not registered: a phone number looks like +15551234567, a device endpoint like"
-            " laptop.example.com:7000, a device name is up to 64 letters and digits."
+            " laptop.example.com:7000."
+        )
+        return await _done_page(request, rt, session, user, notice)
+    actor = "web:" + user.name
+    if rt.callbacks is not None:
+        # Through the service: a dial-back registration needs its device key made now.
+        try:
+            registered = await rt.callbacks.register(user, channel, address, actor=actor)
+        except RegistrationError:
+            return await _done_page(
+                request, rt, session, user, _error("That is registered already.")
+            )
+        if registered.device_key is None:
+            return redirect("/enroll")
+        # Shown this once (the page is no-store); the gateway keeps it sealed.
+        notice = fill(
+            "<p>The device key for roamgate-connect, shown this once: save it to a file and"
+            " pass <code>--callback-key-file FILE</code> with <code>--callback-listen</code>.</p>"
+            "<pre id='device-key'>$k</pre>",
+            k=registered.device_key,
         )
         return await _done_page(request, rt, session, user, notice)
     try:
@@ -368,7 +383,7 @@ async def enroll_callback(request: web.Request) -> web.Response:
         return await _done_page(request, rt, session, user, _error("That is registered already."))
     await rt.auditor.record(
         "callback_register", "ok", user=user.name, source=request.remote, door=DOOR,
-        actor="web:" + user.name, detail={"callback_id": record.id, "channel": channel},
+        actor=actor, detail={"callback_id": record.id, "channel": channel},
     )  # fmt: skip
     return redirect("/enroll")
 

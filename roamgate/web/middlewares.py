@@ -112,7 +112,7 @@ def login_csrf(request: web.Request, pre_value: str) -> str:
 
 
 def expected_csrf(request: web.Request) -> str | None:
-    if request.path == "/admin/login":
+    if request.path in ("/admin/login", "/account/callback"):
         pre = request.cookies.get(sessions.LOGIN_COOKIE)
         return login_csrf(request, pre) if pre and len(pre) <= 128 else None
     session = request.get(SESSION)

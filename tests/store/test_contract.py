@@ -16,6 +16,7 @@ from roamgate.store.base import (
     AuditRecord,
     DeviceRecord,
     InviteRecord,
+    PendingCallback,
     SessionRecord,
     TokenRecord,
     WebSessionRecord,
@@ -250,6 +251,73 @@ async def test_callbacks(store: Store) -> None:
     assert not await store.remove_callback(cb.id)
 
 
+async def test_callback_keys_policy_and_known_sources(store: Store) -> None:
+    u = await store.add_user("jules", T0)
+    cb = await store.add_callback(u.id, "dialback", "127.0.0.1:4000", T0)
+    assert await store.get_callback_key(cb.id) is None
+    assert await store.set_callback_key(cb.id, b"\x01sealed-key")
+    assert await store.get_callback_key(cb.id) == b"\x01sealed-key"
+    assert not await store.set_callback_key(999_999, b"x")
+    assert await store.get_callback_policy(u.id) is None
+    await store.set_callback_policy(u.id, "always", T0)
+    await store.set_callback_policy(u.id, "new_source", T0 + 1)
+    assert await store.get_callback_policy(u.id) == "new_source"
+    keys = ["net:198.51.100.0/24", "device:cert:ab"]
+    assert await store.unknown_sources(u.id, keys) == keys
+    await store.note_known_sources(u.id, keys[:1], T0)
+    await store.note_known_sources(u.id, keys[:1], T0 + 5)  # seen again: no duplicate
+    assert await store.unknown_sources(u.id, keys) == keys[1:]
+    other = await store.add_user("kim", T0)
+    assert await store.unknown_sources(other.id, keys) == keys
+
+
+def _pending(pid: str, user_id: int, at: float, token: bytes | None = None) -> PendingCallback:
+    return PendingCallback(pid, user_id, "approve", "node-a", token, "pending", at, at + 120)
+
+
+async def test_one_outstanding_callback_per_user(opener: Opener) -> None:
+    stores = [await opener() for _ in range(4)]
+    try:
+        u = await stores[0].add_user("maud", T0)
+        claims = await asyncio.gather(
+            *(s.claim_pending_callback(_pending(f"cb_{i}", u.id, T0)) for i, s in enumerate(stores))
+        )
+        assert sorted(claims) == [False, False, False, True]
+        winner = f"cb_{claims.index(True)}"
+        store = stores[0]
+        # Still outstanding a second before expiry; taken over once expired.
+        assert not await store.claim_pending_callback(_pending("cb_late", u.id, T0 + 119))
+        assert await store.claim_pending_callback(_pending("cb_next", u.id, T0 + 120))
+        assert await store.get_pending_callback(winner) is None
+        assert await store.finish_pending_callback("cb_next")
+        assert not await store.finish_pending_callback("cb_next")
+        assert await store.claim_pending_callback(_pending("cb_new", u.id, T0 + 121))
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_pending_callback_status_is_compare_and_set(store: Store) -> None:
+    u = await store.add_user("nina", T0)
+    assert await store.claim_pending_callback(_pending("cb_1", u.id, T0, b"h" * 32))
+    got = await store.get_pending_callback("cb_1")
+    assert got is not None and (got.status, got.token_hash, got.node) == (
+        "pending",
+        b"h" * 32,
+        "node-a",
+    )
+    assert await store.update_pending_callback("cb_1", ["pending"], "delivered", T0 + 1)
+    assert not await store.update_pending_callback("cb_1", ["pending"], "failed", T0 + 2)
+    assert not await store.update_pending_callback("cb_1", [], "failed", T0 + 2)
+    assert await store.answer_pending_callback(b"x" * 32, "approved", T0 + 3) is None
+    answered = await store.answer_pending_callback(b"h" * 32, "approved", T0 + 3)
+    assert answered is not None and answered.id == "cb_1" and answered.status == "approved"
+    assert await store.answer_pending_callback(b"h" * 32, "denied", T0 + 4) is None  # once
+    assert await store.claim_pending_callback(_pending("cb_2", u.id, T0 + 200, b"g" * 32))
+    assert await store.answer_pending_callback(b"g" * 32, "approved", T0 + 400) is None  # late
+    assert not await store.update_pending_callback("cb_2", ["pending"], "failed", T0 + 400)
+
+
 async def test_ssh_keys(store: Store) -> None:
     u = await store.add_user("kent", T0)
     other = await store.add_user("lena", T0)
@@ -323,6 +391,30 @@ async def test_audit_query_filters_and_retention(store: Store) -> None:
     assert [r.ts for r in await store.query_audit(limit=2)] == [T0 + 4, T0 + 5]  # the newest
     assert await store.delete_audit_before(T0 + 3) == 3
     assert len(await store.query_audit()) == 3
+
+
+async def test_audit_pages_walk_every_event_once_in_order(store: Store) -> None:
+    # Three events share one timestamp so a page boundary falls inside a tie.
+    stamps = [T0, T0 + 1, T0 + 1, T0 + 1, T0 + 2, T0 + 3, T0 + 4]
+    for i, ts in enumerate(stamps):
+        await store.append_audit(
+            AuditRecord(ts=ts, kind="auth", result="ok", user_name="lee" if i % 2 else "max")
+        )
+    seen: list[tuple[float, int]] = []
+    after: tuple[float, int] | None = None
+    while True:
+        page = await store.audit_page(after=after, limit=2)
+        if not page:
+            break
+        assert len(page) <= 2
+        for r in page:
+            assert r.id is not None
+            seen.append((r.ts, r.id))
+        after = seen[-1]
+    assert [ts for ts, _ in seen] == stamps
+    assert seen == sorted(seen) and len(set(seen)) == len(stamps)
+    lee = await store.audit_page(user_name="lee", since=T0 + 1, until=T0 + 4)
+    assert [(r.ts, r.user_name) for r in lee] == [(T0 + 1, "lee"), (T0 + 1, "lee"), (T0 + 3, "lee")]
 
 
 async def test_travel_windows(store: Store) -> None:

@@ -1,0 +1,1 @@
+"""Callback verification, the asyncio side: channels, the login hold, HTTP handlers."""
