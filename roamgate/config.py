@@ -336,6 +336,12 @@ class WebSettings:
     device_cert_days: int = field(default=365, metadata=int_range(1, 3650))
     # The CRL written on every revocation (also served at /crl.pem); relative to the config.
     crl_file: Path = Path("tls/crl.pem")
+    # Who may read /metrics (addresses or networks); everyone else gets 403.
+    metrics_allow: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    # /healthz answers from a result at most this old, so a storm of checks costs one probe.
+    health_cache_seconds: int = field(default=5, metadata=int_range(1, 300))
+    # The upstream probe of /healthz gives up after this long.
+    health_timeout_seconds: int = field(default=5, metadata=int_range(1, 60))
 
 
 @dataclass(frozen=True)
@@ -539,6 +545,11 @@ def _cross_checks(cfg: Config, lines: dict[str, int], *, key_files: bool) -> lis
                     at(key, problem)
     if cfg.alerts is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", cfg.alerts.url):
         at("alerts.url", f"expected an http:// or https:// URL, got {cfg.alerts.url!r}")
+    for i, entry in enumerate(cfg.web.metrics_allow):
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            at(f"web.metrics_allow[{i}]", f"expected an IP address or network, got {entry!r}")
     if cfg.web.base_url is not None and not cfg.web.base_url.startswith("https://"):
         at("web.base_url", f"expected an https:// address, got {cfg.web.base_url!r}")
     web = cfg.listeners.web

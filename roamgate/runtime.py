@@ -6,7 +6,7 @@ import stat
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from roamgate.audit import Auditor
@@ -16,6 +16,7 @@ from roamgate.login.authenticator import Authenticator
 from roamgate.login.second_factor import SecondFactor
 from roamgate.login.throttle import Throttle
 from roamgate.login.verifiers import PasswordVerifier, make_verifier
+from roamgate.metrics import Metrics
 from roamgate.secretbox import SecretBox, SecretBoxError
 from roamgate.store import Store, open_store
 
@@ -36,6 +37,8 @@ class Runtime:
     authenticator: Authenticator
     clock: Callable[[], float]
     callbacks: CallbackService | None = None
+    # This process's Prometheus metrics (a registry per runtime, so runtimes never collide).
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 def load_secret_box(cfg: Config) -> SecretBox:
@@ -88,8 +91,20 @@ async def open_runtime(
                 clock=clock,
             )
             authenticator.holds.append(callbacks.hold)
+        metrics = Metrics()
+        auditor.listeners.append(metrics.observe)
         yield Runtime(
-            cfg, store, box, auditor, second, throttle, verifier, authenticator, clock, callbacks
+            cfg,
+            store,
+            box,
+            auditor,
+            second,
+            throttle,
+            verifier,
+            authenticator,
+            clock,
+            callbacks,
+            metrics,
         )
     finally:
         await store.close()

@@ -15,17 +15,26 @@ DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 REPO = DEPLOY.parent
 
 
-def test_the_ha_haproxy_config_passes_haproxy_check() -> None:
+def test_the_ha_haproxy_config_passes_haproxy_check(tmp_path: Path) -> None:
     haproxy = require_program("haproxy")
+    text = (DEPLOY / "ha" / "haproxy.cfg").read_text()
+    # haproxy -c loads the health check's ca-file: point it at a CA that `roamgate init` made.
+    r = run_cli("init", "--dir", str(tmp_path / "gw"), "--upstream-imap", "mail.corp.example:993")
+    assert r.returncode == 0, r.stderr
+    assert "/etc/haproxy/roamgate-ca.pem" in text
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(
+        text.replace("/etc/haproxy/roamgate-ca.pem", str(tmp_path / "gw" / "tls" / "ca.pem"))
+    )
     r = subprocess.run(
-        [haproxy, "-c", "-f", str(DEPLOY / "ha" / "haproxy.cfg")],
+        [haproxy, "-c", "-f", str(config)],
         capture_output=True,
         text=True,
         timeout=30,
     )
     assert r.returncode == 0, r.stdout + r.stderr
-    text = (DEPLOY / "ha" / "haproxy.cfg").read_text()
     assert "send-proxy-v2" in text and "check-send-proxy" in text
+    assert "option httpchk" in text and "uri /healthz" in text
 
 
 @pytest.mark.parametrize("node", ["node-a", "node-b"])

@@ -17,7 +17,7 @@ from roamgate.devices import DeviceError, build_crl
 from roamgate.gateway.serve import DOORS, Door
 from roamgate.gateway.tls import server_context
 from roamgate.runtime import Runtime
-from roamgate.web import account, admin, enroll, middlewares
+from roamgate.web import account, admin, enroll, health, middlewares
 from roamgate.web.keys import RT
 from roamgate.web.pages import html_page, redirect
 from roamgate.web.render import Markup
@@ -101,6 +101,7 @@ def create_app(
     app.add_routes(enroll.routes)
     app.add_routes(admin.routes)
     app.add_routes(account.routes)
+    health.setup(app, rt)
     app.add_routes(extra_routes)
     for prefix, sub in subapps:
         sub[RT] = rt
