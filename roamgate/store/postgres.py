@@ -438,9 +438,7 @@ class PostgresStore(Store):
         return [_callback(r) for r in rows]
 
     async def mark_callback_verified(self, callback_id: int, now: float) -> bool:
-        n = await self._run(
-            "UPDATE callbacks SET verified_at = $1 WHERE id = $2", now, callback_id
-        )
+        n = await self._run("UPDATE callbacks SET verified_at = $1 WHERE id = $2", now, callback_id)
         return n == 1
 
     async def remove_callback(self, callback_id: int) -> bool:
@@ -607,8 +605,7 @@ class PostgresStore(Store):
 
     async def revoke_user_travel_windows(self, user_name: str, now: float) -> int:
         return await self._run(
-            "UPDATE travel_windows SET revoked_at = $1 WHERE user_name = $2"
-            " AND revoked_at IS NULL",
+            "UPDATE travel_windows SET revoked_at = $1 WHERE user_name = $2 AND revoked_at IS NULL",
             now,
             user_name,
         )

@@ -52,7 +52,9 @@ def url_problem(url: str) -> str | None:
     if parts is None:
         return f"is not a valid PostgreSQL URL (the port must be a number): {redact(url)}"
     if not parts.path.strip("/") or "/" in parts.path.strip("/"):
-        return f"names no database: postgresql://USER@HOST:PORT/DATABASE expected, got {redact(url)}"
+        return (
+            f"names no database: postgresql://USER@HOST:PORT/DATABASE expected, got {redact(url)}"
+        )
     if not parts.hostname and "host=" not in parts.query:
         return f"names no host: postgresql://USER@HOST:PORT/DATABASE expected, got {redact(url)}"
     return None
