@@ -16,7 +16,7 @@ CONFIG_NAME = "roamgate.yaml"
 KEY_NAME = "secret.key"
 DB_NAME = "roamgate.db"
 AUDIT_NAME = "audit.jsonl"
-STORE_PASSWORD_NAME = "store.password"
+STORE_PASSWORD_NAME = "store.password"  # noqa: S105 (a file name)
 TLS_DIR = "tls"
 
 # Files init owns; --force replaces exactly these and nothing else in the directory.
@@ -275,8 +275,7 @@ async def init_directory(o: InitOptions) -> InitReport:
             pki.write_private(d / STORE_PASSWORD_NAME, password.encode() + b"\n")
             created.append(d / STORE_PASSWORD_NAME)
     else:
-        db = Path(o.store).expanduser()
-        db = db if db.is_absolute() else d / db
+        db = d / o.store  # an absolute path replaces d
         store = await open_store(str(db), create=True)
         await store.close()
         created.append(db)
