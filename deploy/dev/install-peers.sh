@@ -4,8 +4,9 @@
 set -euo pipefail
 
 # dovecot-imapd: the corporate IMAP server; oathtool: an independent OTP generator; openssh-client
-# and mutt: real clients; openssh-server: the anchor that bench/ssh_tunnel.py measures against.
-want=(dovecot-imapd oathtool openssl openssh-client openssh-server mutt)
+# and mutt: real clients; openssh-server: the anchor that bench/ssh_tunnel.py measures against;
+# postgresql: the database several gateway nodes share (tests run a private cluster as nobody).
+want=(dovecot-imapd oathtool openssl openssh-client openssh-server mutt postgresql)
 missing=()
 for pkg in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -33,4 +34,8 @@ apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # needs none listening on the standard ports.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet dovecot 2>/dev/null; then
     systemctl stop dovecot || true
+fi
+# Likewise the packaged PostgreSQL cluster on 5432: tests start their own on a free port.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet postgresql 2>/dev/null; then
+    systemctl stop postgresql || true
 fi
