@@ -149,6 +149,11 @@ class PrivatePostgres:
             raise PostgresError(f"psql {statement!r}: {out.stderr.strip()}")
         return out.stdout
 
+    @property
+    def pid(self) -> int:
+        """The postmaster's process id (its backends are its children)."""
+        return int((self._root() / "data" / "postmaster.pid").read_text().split()[0])
+
     def log(self) -> str:
         root = self._root()
         try:
