@@ -37,7 +37,7 @@ from roamgate.login.authenticator import LoginResult
 from roamgate.login.profile_choice import LoginName, choose_profile, split_login
 from roamgate.login.verifiers import Outcome, PasswordVerifier
 from roamgate.runtime import Runtime
-from roamgate.store.base import SessionRecord, UserRecord
+from roamgate.store.base import SessionRecord, StoreError, UserRecord
 
 log = logging.getLogger("roamgate.imap")
 
@@ -249,6 +249,13 @@ class ImapDoor:
             raise
         except (ConnectionError, ssl.SSLError, OSError):
             pass  # the client went away; nothing to tell it
+        except StoreError as exc:
+            # The database is unreachable: fail closed, one line for the operator (the
+            # message names the store without its password), a plain BYE for the client.
+            log.warning("%s connection from %s ended: %s", self.name, source, exc)
+            if conn is None or not conn.relaying:
+                with contextlib.suppress(Exception):
+                    writer.write(b"* BYE [UNAVAILABLE] Service unavailable, try again later.\r\n")
         except Exception:
             log.exception("IMAP connection failed")
         finally:

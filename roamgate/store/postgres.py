@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -58,6 +59,21 @@ _AUDIT_COLS = "id, ts, kind, result, user_name, source, door, factor, reason, ac
 _C = ' COLLATE "C"'
 
 Row = Sequence[Any]
+
+
+class _OneLine(logging.Filter):
+    """asyncpg's pool logs a traceback each time it cannot refill itself: make it one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None:
+            reason = _os_reason(exc) if isinstance(exc, OSError) else _message(exc)
+            record.msg, record.args = f"{record.getMessage()}: {reason}", ()
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+logging.getLogger("asyncpg.pool").addFilter(_OneLine())
 
 
 class PostgresStore(Store):
