@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from roamgate.store.base import DuplicateError, Store, StoreError
-from roamgate.store.urls import is_postgres, redact, url_problem
+from roamgate.store.urls import is_postgres, url_problem
 
 __all__ = ["DuplicateError", "Store", "StoreError", "open_store"]
 
@@ -42,8 +42,3 @@ async def open_store(
             await store.close()
             raise
     return store
-
-
-def shown_url(url: str) -> str:
-    """The URL as it may appear in output: without its password."""
-    return redact(url)
