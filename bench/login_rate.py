@@ -199,6 +199,13 @@ def _cpu_seconds(pid: int) -> float:
     return total / ticks
 
 
+def _commits(pg: PrivatePostgres | None) -> int:
+    """Transactions committed in the bench database (each autocommit statement is one)."""
+    assert pg is not None
+    time.sleep(1.5)  # backends report their counters at most once a second
+    return int(pg.sql("SELECT xact_commit FROM pg_stat_database WHERE datname = 'bench'"))
+
+
 async def _login(port: int, ctx: ssl.SSLContext, account: Account) -> bool:
     reader, writer = await asyncio.open_connection(
         "127.0.0.1", port, ssl=ctx, server_hostname="127.0.0.1"
@@ -253,6 +260,7 @@ def _scenario(
     args: argparse.Namespace,
     log2_n: int,
     peers: dict[str, int],
+    pg: PrivatePostgres | None,
 ) -> None:
     profile_dir = os.environ.get("BENCH_PROFILE")
     processes = []
@@ -276,11 +284,13 @@ def _scenario(
             peers = {k: v for k, v in peers.items() if k != "postgresql"}
         cpu_before = [_cpu_seconds(p.pid) for p in processes]
         peers_before = {name: _cpu_seconds(pid) for name, pid in peers.items()}
+        commits_before = _commits(pg) if store_kind == "postgresql" else 0
         client_before = time.process_time()
         result = asyncio.run(_drive(ports, ctx, accounts, args.logins))
         client_cpu = time.process_time() - client_before
         gw_cpu = sum(_cpu_seconds(p.pid) - b for p, b in zip(processes, cpu_before, strict=True))
         peer_cpu = {name: _cpu_seconds(pid) - peers_before[name] for name, pid in peers.items()}
+        commits = _commits(pg) - commits_before if store_kind == "postgresql" else 0
     finally:
         for p in processes:
             _stop(p)
@@ -292,7 +302,8 @@ def _scenario(
         f" logins/s  (p50 {statistics.median(lat) * 1000:5.0f} ms, p95 {p95 * 1000:5.0f} ms;"
         f" failures {result.failures})\n    CPU ms per login: gateway {gw_cpu / args.logins * 1000:.1f},"
         + "".join(f" {k} {v / args.logins * 1000:.1f}," for k, v in peer_cpu.items())
-        + f" client {client_cpu / args.logins * 1000:.1f}",
+        + f" client {client_cpu / args.logins * 1000:.1f}"
+        + (f"; database transactions per login {commits / args.logins:.1f}" if commits else ""),
         flush=True,
     )
 
@@ -337,7 +348,7 @@ def main() -> int:
                         accounts = asyncio.run(_add_accounts(first, users, log2_n))
                         for n in node_counts:
                             _scenario(
-                                store_kind, [first, second][:n], accounts, args, log2_n, peers
+                                store_kind, [first, second][:n], accounts, args, log2_n, peers, pg
                             )
             finally:
                 if pg is not None:

@@ -100,6 +100,7 @@ class PostgresStore(Store):
                 timeout=CONNECT_TIMEOUT,
                 command_timeout=COMMAND_TIMEOUT,
                 server_settings={"application_name": "roamgate"},
+                reset=_keep_session,
             )
         except asyncpg.PostgresError as exc:
             # The server's own words ('password authentication failed for user "x"',
@@ -678,6 +679,15 @@ class PostgresStore(Store):
 
     async def delete_audit_before(self, ts: float) -> int:
         return await self._run("DELETE FROM audit WHERE ts < $1", ts)
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Return a connection to the pool as it is (asyncpg still rolls back an open transaction).
+
+    asyncpg's default runs `RESET ALL; UNLISTEN *; CLOSE ALL; ...` at every release: one more
+    round trip per statement. This store never changes session state (no SET, no LISTEN, no
+    session-level advisory lock, no cursor), so there is nothing to reset.
+    """
 
 
 async def _schema_version(conn: asyncpg.Connection) -> int:
