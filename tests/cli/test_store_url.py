@@ -41,8 +41,13 @@ def test_init_with_a_postgres_url_keeps_the_password_out_of_the_config(
     assert not (d / "roamgate.db").exists()
     ok = run_cli("check-config", "-c", str(d / "roamgate.yaml"))
     assert ok.returncode == 0, ok.stderr
-    assert "(PostgreSQL, schema 4)" in ok.stdout
+    shown = pg_database.replace(f":{postgres.password}", "")
+    assert f"store: {shown} (PostgreSQL)" in ok.stdout
     _no_secret(ok, postgres.password)
+    # doctor reaches the database with the password from store.password_file.
+    doctor = run_cli("doctor", "-c", str(d / "roamgate.yaml"))
+    assert f"OK   store: {shown}: reachable, schema version 4" in doctor.stdout, doctor.stdout
+    _no_secret(doctor, postgres.password)
     assert run_cli("user", "add", "alice", "-c", str(d / "roamgate.yaml")).returncode == 0
     # A second `init` on the same database would make a new key that cannot open its tokens.
     again = _init(tmp_path / "gw2", pg_database)
@@ -74,12 +79,19 @@ def test_the_password_may_come_from_the_environment(
     assert r.returncode == 0, r.stderr
     env["RG_DB_PW"] = "not-the-password"
     r = subprocess.run(
-        [sys.executable, "-m", "roamgate", "check-config", "-c", str(cfg)],
+        [sys.executable, "-m", "roamgate", "user", "list", "-c", str(cfg)],
         capture_output=True, text=True, timeout=60, env=env, check=False,
     )  # fmt: skip
     assert r.returncode == 1
     assert r.stderr.startswith("roamgate: cannot use the database at postgresql://roamgate@")
-    assert "password authentication failed" in r.stderr and "OK" not in r.stdout
+    assert "password authentication failed" in r.stderr and len(r.stderr.splitlines()) == 1
+    _no_secret(r, "not-the-password")
+    r = subprocess.run(
+        [sys.executable, "-m", "roamgate", "doctor", "-c", str(cfg)],
+        capture_output=True, text=True, timeout=120, env=env, check=False,
+    )  # fmt: skip
+    [line] = [ln for ln in r.stdout.splitlines() if " store: " in ln]
+    assert line.startswith("FAIL") and "password authentication failed" in line
     _no_secret(r, "not-the-password")
 
 
@@ -91,13 +103,16 @@ def test_an_unreachable_or_malformed_store_is_one_clear_line(
     cfg = d / "roamgate.yaml"
     good = cfg.read_text()
     cfg.write_text(good.replace(f"127.0.0.1:{postgres.port}/", "127.0.0.1:1/"))
-    for command in ("check-config", "serve", "user"):
-        args = [command, "-c", str(cfg)] if command != "user" else ["user", "list", "-c", str(cfg)]
-        r = run_cli(*args)
-        assert r.returncode == 1, (command, r.stdout, r.stderr)
+    for args in (["serve"], ["user", "list"], ["token", "list"]):
+        r = run_cli(*args, "-c", str(cfg))
+        assert r.returncode == 1, (args, r.stdout, r.stderr)
         assert r.stderr.startswith("roamgate: cannot reach the database at postgresql://"), r.stderr
         assert "connection refused" in r.stderr and len(r.stderr.splitlines()) == 1
         _no_secret(r, postgres.password)
+    doctor = run_cli("doctor", "-c", str(cfg))
+    [line] = [ln for ln in doctor.stdout.splitlines() if " store: " in ln]
+    assert line.startswith("FAIL") and "connection refused" in line, line
+    _no_secret(doctor, postgres.password)
     # A URL with its password inline (allowed, though the file is better) is never echoed.
     inline = good.replace("password_file: store.password", "").replace(
         "postgresql://roamgate@", "postgresql://roamgate:inline-secret@"
