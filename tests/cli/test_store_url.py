@@ -110,8 +110,8 @@ def test_an_unreachable_or_malformed_store_is_one_clear_line(
         assert "connection refused" in r.stderr and len(r.stderr.splitlines()) == 1
         _no_secret(r, postgres.password)
     doctor = run_cli("doctor", "-c", str(cfg))
-    [line] = [ln for ln in doctor.stdout.splitlines() if " store: " in ln]
-    assert line.startswith("FAIL") and "connection refused" in line, line
+    [store_line] = [ln for ln in doctor.stdout.splitlines() if " store: " in ln]
+    assert store_line.startswith("FAIL") and "connection refused" in store_line, store_line
     _no_secret(doctor, postgres.password)
     # A URL with its password inline (allowed, though the file is better) is never echoed.
     inline = good.replace("password_file: store.password", "").replace(
