@@ -6,8 +6,9 @@ set -euo pipefail
 # dovecot-imapd: the corporate IMAP server; oathtool: an independent OTP generator; openssh-client
 # and mutt: real clients; openssh-server: the anchor that bench/ssh_tunnel.py measures against;
 # haproxy: the load balancer sending PROXY headers; systemd: systemd-analyze checks deploy/systemd;
+# chromium (driven by Playwright) and zbar-tools (zbarimg): the web enrollment walk-through;
 # postgresql: the database several gateway nodes share (tests run a private cluster as nobody).
-want=(dovecot-imapd oathtool openssl openssh-client openssh-server mutt haproxy systemd postgresql)
+want=(dovecot-imapd oathtool openssl openssh-client openssh-server mutt haproxy systemd chromium zbar-tools postgresql)
 missing=()
 for pkg in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
