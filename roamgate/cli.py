@@ -92,6 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--imaps-port", type=_port, default=9993, metavar="N")
     p.add_argument("--imap-port", type=_port, default=9143, metavar="N")
     p.add_argument("--web-port", type=_port, default=9443, metavar="N")
+    p.add_argument(
+        "--submission-port",
+        type=_port,
+        default=465,
+        metavar="N",
+        help="SMTP submission with TLS (written with --upstream-smtp; default 465)",
+    )
+    p.add_argument(
+        "--submission-starttls-port",
+        type=_port,
+        default=587,
+        metavar="N",
+        help="SMTP submission with STARTTLS (written with --upstream-smtp; default 587)",
+    )
     p.add_argument("--verifier", choices=["upstream", "local"], default="upstream")
     p.add_argument("--force", action="store_true", help="replace an existing gateway's files")
     p.add_argument(

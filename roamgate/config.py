@@ -17,6 +17,9 @@ __all__ = ["Config", "ConfigError", "ConfigIssue", "Secret", "load_config"]
 DEFAULT_CONFIG_NAME = "roamgate.yaml"
 # Profile names travel in IMAP user names (`alice#phs`) and audit lines: keep them plain.
 PROFILE_NAME = re.compile(r"[a-z0-9_-]{1,32}")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DOMAIN = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
+_ADDRESS = re.compile(r"[^@\s<>]{1,64}@[^@\s<>]{1,253}")
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,12 @@ class Listeners:
     imaps: Listener | None = None
     imap: Listener | None = None
     web: Listener | None = None
+    submissions: Listener | None = None  # SMTP submission with TLS from the first byte (465)
+    submission: Listener | None = None  # SMTP submission with STARTTLS before AUTH (587)
+
+
+# Every listener name, in the order serve opens them and the checks walk them.
+LISTENER_NAMES = ("ssh", "imaps", "imap", "web", "submissions", "submission")
 
 
 @dataclass(frozen=True)
@@ -143,6 +152,46 @@ class ImapProxySettings:
     master_separator: str = "*"
     # `alice#phs` as the IMAP user name picks the link profile `phs` for that session.
     profile_separator: str = "#"
+
+
+@dataclass(frozen=True)
+class SubmissionUser:
+    """One user's own sending rules; a limit left out follows the submission: section."""
+
+    # Addresses the user may send as, besides their own (user add --email, else user@domain).
+    senders: tuple[str, ...] = ()
+    max_recipients: int | None = field(default=None, metadata=int_range(1, 10000))
+    max_messages_per_hour: int | None = field(default=None, metadata=int_range(1, 100000))
+    max_message_bytes: int | None = field(default=None, metadata=int_range(1024, 1 << 30))
+
+
+@dataclass(frozen=True)
+class SubmissionSettings:
+    """The SMTP submission doors (submissions, submission) and the SSH door's `submission`."""
+
+    # passthrough: AUTH upstream as the user with their password. relay: as relay_user with
+    # relay_password (an account the upstream lets send for everyone). none: no AUTH upstream
+    # (an upstream that trusts the gateway's address); the gateway's own policy still applies.
+    upstream_login: Literal["passthrough", "relay", "none"] = "passthrough"
+    relay_user: str | None = None
+    relay_password: Secret | None = None
+    # A user without an e-mail address of record owns USER@sender_domain (none: no address).
+    sender_domain: str | None = None
+    max_recipients: int = field(default=50, metadata=int_range(1, 10000))
+    max_messages_per_hour: int = field(default=100, metadata=int_range(1, 100000))
+    max_message_bytes: int = field(default=25 << 20, metadata=int_range(1024, 1 << 30))
+    # A message larger than this goes to a temporary file instead of memory.
+    spool_memory_bytes: int = field(default=256 << 10, metadata=int_range(0, 64 << 20))
+    # Where spool files go (default: the system's temporary directory).
+    spool_dir: Path | None = None
+    login_grace_seconds: int = field(default=120, metadata=int_range(10, 600))
+    idle_timeout_seconds: int = field(default=300, metadata=int_range(30, 3600))
+    max_connections: int = field(default=500, metadata=int_range(1, 100000))
+    max_connections_per_source: int = field(default=10, metadata=int_range(1, 10000))
+    # Wait before answering a failed AUTH: slows guessing, hides which factor failed.
+    failure_delay_ms: int = field(default=2500, metadata=int_range(0, 10000))
+    max_login_failures: int = field(default=3, metadata=int_range(1, 10))
+    users: dict[str, SubmissionUser] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -256,6 +305,7 @@ class Config:
     listeners: Listeners = field(default_factory=Listeners)
     ssh: SshSettings | None = None
     imap_proxy: ImapProxySettings = field(default_factory=ImapProxySettings)
+    submission: SubmissionSettings = field(default_factory=SubmissionSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
@@ -313,7 +363,7 @@ def _cross_checks(cfg: Config, lines: dict[str, int], *, key_files: bool) -> lis
         at("auth.lockout.ip_lock_max_seconds", "must not be shorter than ip_lock_seconds")
 
     bound: dict[tuple[str, int], str] = {}
-    for name in ("ssh", "imaps", "imap", "web"):
+    for name in LISTENER_NAMES:
         listener: Listener | None = getattr(cfg.listeners, name)
         if listener is None or not listener.enabled:
             continue
@@ -328,6 +378,19 @@ def _cross_checks(cfg: Config, lines: dict[str, int], *, key_files: bool) -> lis
                 f"port {listener.port} is already used by listeners.{other}",
             )
         bound[(listener.host, listener.port)] = name
+    for name in ("submissions", "submission"):
+        listener = getattr(cfg.listeners, name)
+        if listener is not None and listener.enabled and cfg.upstream.smtp is None:
+            at(f"listeners.{name}", "the submission door needs upstream.smtp to relay to")
+    sub = cfg.submission
+    if sub.upstream_login == "relay" and (sub.relay_user is None or sub.relay_password is None):
+        at("submission.upstream_login", "relay needs relay_user and relay_password_file")
+    if sub.sender_domain is not None and not _DOMAIN.fullmatch(sub.sender_domain):
+        at("submission.sender_domain", f"expected a domain name, got {sub.sender_domain!r}")
+    for name, own in sub.users.items():
+        for n, address in enumerate(own.senders):
+            if not _ADDRESS.fullmatch(address):
+                at(f"submission.users.{name}.senders.{n}", f"expected an address, got {address!r}")
     url = cfg.doctor.clock_url
     if url is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
         at("doctor.clock_url", f"expected an http:// or https:// URL, got {url!r}")
@@ -419,8 +482,13 @@ def _cross_checks(cfg: Config, lines: dict[str, int], *, key_files: bool) -> lis
     web = cfg.listeners.web
     if web is not None and web.enabled and cfg.tls.ca_key_file is None:
         at("tls.ca_key_file", "the web door issues device certificates: it needs the CA key")
-    if cfg.upstream.imap.tls == "none" and not _is_loopback(cfg.upstream.imap.host):
-        at("upstream.imap.tls", "'none' is only allowed for an upstream on this machine (loopback)")
+    for name in ("imap", "smtp"):
+        server: UpstreamServer | None = getattr(cfg.upstream, name)
+        if server is not None and server.tls == "none" and not _is_loopback(server.host):
+            at(
+                f"upstream.{name}.tls",
+                "'none' is only allowed for an upstream on this machine (loopback)",
+            )
     return issues
 
 

@@ -55,6 +55,9 @@ class InitOptions:
     imaps_port: int = 9993
     imap_port: int = 9143
     web_port: int = 9443
+    # The submission doors are written when there is an upstream.smtp to relay to.
+    submission_port: int = 465
+    submission_starttls_port: int = 587
     verifier: Literal["upstream", "local"] = "upstream"
     force: bool = False
     # A SQLite file (relative to the directory) or a postgresql:// URL shared by every node.
@@ -79,6 +82,19 @@ def _q(value: str) -> str:
     return json.dumps(value)
 
 
+SUBMISSION_SECTION = """\
+# Sending mail (the submission doors and the SSH door's `submission`). More in README.md.
+submission:
+  upstream_login: passthrough      # passthrough | relay (relay_user + relay_password_file) | none
+  # sender_domain: example.com     # a user without --email owns USER@this domain
+  max_recipients: 50               # per message
+  max_messages_per_hour: 100       # per user, counted over every node
+  max_message_bytes: 26214400      # announced as SIZE
+  users: {}                        # e.g. alice: {senders: [sales@example.com], max_recipients: 200}
+
+"""
+
+
 def render_config(o: InitOptions) -> str:
     imap_host, imap_port = o.upstream_imap
     tls = o.upstream_tls or default_tls(imap_port)
@@ -95,6 +111,18 @@ def render_config(o: InitOptions) -> str:
             f"{ca_line}"
         )
     listen = _q(o.listen_host)
+    submission_doors = ""
+    submission = ""
+    if o.upstream_smtp is not None:
+        submission_doors = (
+            "  submissions:      # SMTP submission with TLS from the first byte (RFC 8314)\n"
+            f"    host: {listen}\n"
+            f"    port: {o.submission_port}\n"
+            "  submission:       # SMTP submission with STARTTLS (no AUTH before it)\n"
+            f"    host: {listen}\n"
+            f"    port: {o.submission_starttls_port}\n"
+        )
+        submission = SUBMISSION_SECTION
     return f"""\
 # roamgate configuration, written by `roamgate init`.
 # Check it with: roamgate check-config -c {CONFIG_NAME}
@@ -119,7 +147,7 @@ listeners:
   web:              # enrollment and admin pages (HTTPS)
     host: {listen}
     port: {o.web_port}
-
+{submission_doors}
 tls:
   cert_file: {TLS_DIR}/server.pem
   key_file: {TLS_DIR}/server.key
@@ -128,7 +156,8 @@ tls:
   client_certificates: none        # none | optional | required
 
 # The SSH door forwards only to named services: `imap` (roamgate's own IMAP proxy, no new
-# code needed in the tunnel), `submission` (upstream.smtp) and the forwards listed here.
+# code needed in the tunnel), `submission` (roamgate's own submission door, relaying to
+# upstream.smtp) and the forwards listed here.
 ssh:
   host_key_files:
     - ssh_host_ed25519_key
@@ -178,7 +207,7 @@ imap_proxy:
   failure_delay_ms: 2500           # before a failed login is answered; above the upstream's own (Dovecot: 2 s)
   upstream_login: passthrough      # passthrough | master (a Dovecot master user)
 
-{_store_section(o.store)}
+{submission}{_store_section(o.store)}
 secrets:
   key_file: {KEY_NAME}             # encrypts token secrets at rest; keep it 0600 and backed up
 

@@ -344,3 +344,56 @@ def test_an_unusable_tls_certificate_or_key_is_named(
     errors = _key_errors(p)
     assert errors == [f"{p}:{expected}"]
     assert "c2VjcmV0" not in "".join(errors)
+
+
+def _with_submission(listener: str, smtp: str = "") -> str:
+    text = GOOD.replace("listeners:\n", f"listeners:\n{listener}")
+    return text.replace("    tls: implicit\n", f"    tls: implicit\n{smtp}")
+
+
+SMTP = "  smtp:\n    host: mail.example.com\n    port: 587\n"
+
+
+def test_submission_listeners_and_settings(tmp_path: Path) -> None:
+    text = _with_submission("  submission:\n    port: 10465\n", SMTP)
+    text += (
+        "submission:\n  sender_domain: example.com\n  max_recipients: 7\n"
+        "  users:\n    alice: {senders: [sales@example.com], max_messages_per_hour: 3}\n"
+    )
+    cfg = load_config(_write(tmp_path, text))
+    assert cfg.listeners.submission is not None and cfg.listeners.submission.port == 10465
+    assert cfg.listeners.submissions is None
+    assert cfg.submission.upstream_login == "passthrough"
+    assert cfg.submission.max_recipients == 7
+    alice = cfg.submission.users["alice"]
+    assert alice.senders == ("sales@example.com",) and alice.max_messages_per_hour == 3
+    assert alice.max_recipients is None
+
+
+def test_submission_errors_name_file_line_and_key(tmp_path: Path) -> None:
+    # A submission door needs an upstream.smtp; relay needs its account; addresses are checked.
+    text = _with_submission("  submission:\n    port: 10587\n") + (
+        "submission:\n  upstream_login: relay\n  sender_domain: 'bad domain'\n"
+        "  users:\n    bob: {senders: [not-an-address]}\n"
+    )
+    p = _write(tmp_path, text)
+    errors = _errors(p)
+    assert f"{p}:3 listeners.submission: the submission door needs upstream.smtp to relay to" in (
+        errors
+    )
+    assert any("submission.upstream_login: relay needs relay_user" in e for e in errors)
+    assert any("submission.sender_domain: expected a domain name" in e for e in errors)
+    assert any("submission.users.bob.senders.0: expected an address" in e for e in errors)
+
+
+def test_plaintext_upstream_smtp_only_on_loopback(tmp_path: Path) -> None:
+    text = GOOD + "  smtp:\n    host: mail.example.com\n    port: 25\n    tls: none\n"
+    text = (
+        text.replace("secrets:\n  key_file: secret.key\n", "")
+        + "secrets:\n  key_file: secret.key\n"
+    )
+    p = _write(tmp_path, text)
+    assert any(
+        "upstream.smtp.tls: 'none' is only allowed for an upstream on this machine" in e
+        for e in _errors(p)
+    )

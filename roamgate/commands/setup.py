@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 
 from roamgate.commands.common import CliError
-from roamgate.config import load_config
+from roamgate.config import LISTENER_NAMES, load_config
 from roamgate.store.urls import is_postgres, redact
 
 
@@ -35,6 +35,8 @@ def init(args: argparse.Namespace) -> int:
         imaps_port=args.imaps_port,
         imap_port=args.imap_port,
         web_port=args.web_port,
+        submission_port=args.submission_port,
+        submission_starttls_port=args.submission_starttls_port,
         verifier=args.verifier,
         force=args.force,
         store=args.store,
@@ -63,7 +65,7 @@ def check_config(args: argparse.Namespace) -> int:
     cfg = load_config(Path(args.config), check_key_files=True)
     doors = [
         f"{name} {listener.host}:{listener.port}"
-        for name in ("ssh", "imaps", "imap", "web")
+        for name in LISTENER_NAMES
         if (listener := getattr(cfg.listeners, name)) is not None and listener.enabled
     ]
     print(f"{args.config}: OK")

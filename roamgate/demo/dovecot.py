@@ -156,6 +156,7 @@ class PrivateDovecot:
         imaps_port: int | None = None,
         start_timeout: float = 15.0,
         auth_failure_delay: int = 0,
+        sasl_socket: Path | None = None,
     ) -> None:
         self.workdir = workdir.resolve()
         if not _SAFE_PATH.fullmatch(str(self.workdir)):
@@ -167,6 +168,8 @@ class PrivateDovecot:
         self.start_timeout = start_timeout
         # Seconds (Dovecot takes whole ones) before a failed login is answered; its default is 2.
         self.auth_failure_delay = auth_failure_delay
+        # A Dovecot SASL socket for an MTA (Postfix's smtpd_sasl_type = dovecot), mode 0666.
+        self.sasl_socket = sasl_socket
         self.config_file = self.workdir / "dovecot.conf"
         self.log_file = self.workdir / "dovecot.log"
         self.stderr_file = self.workdir / "dovecot.stderr"
@@ -255,8 +258,10 @@ class PrivateDovecot:
         if self._root:
             # Mail processes chroot into mail_dir ("/./" in home), as nobody; see module doc.
             home = f"{self.mail_dir}/./%u"
-            identity = f"valid_chroot_dirs = {self.mail_dir}\nservice auth {{\n  user = root\n}}\n"
+            identity = f"valid_chroot_dirs = {self.mail_dir}\n"
+            auth_service = "  user = root\n"
         else:
+            auth_service = ""
             # The group matters too: sockets such as stats-writer are chowned to it.
             me, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
             home = f"{self.mail_dir}/%u"
@@ -269,6 +274,10 @@ class PrivateDovecot:
             for service in ("anvil", "ipc", "old-stats", "aggregator", "imap-login"):
                 identity += f"service {service} {{\n  chroot =\n}}\n"
             identity += "service imap-urlauth-login {\n  chroot =\n}\n"
+        if self.sasl_socket is not None:
+            auth_service += f"  unix_listener {self.sasl_socket} {{\n    mode = 0666\n  }}\n"
+        if auth_service:
+            identity += f"service auth {{\n{auth_service}}}\n"
         plugins = "zlib" if self.compress else ""
         imap_plugins = "imap_zlib" if self.compress else ""
         folders = "".join(

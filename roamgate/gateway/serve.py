@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from roamgate import __version__
-from roamgate.config import Config, Listener
+from roamgate.config import LISTENER_NAMES, Config, Listener
 from roamgate.runtime import Runtime, open_runtime
 
 log = logging.getLogger("roamgate.serve")
@@ -29,7 +29,12 @@ DoorFactory = Callable[[Runtime, Listener], Awaitable[Door]]
 # Filled in by the modules that implement each door; a configured door without a factory is
 # reported and stays closed.
 DOORS: dict[str, DoorFactory] = {}
-DOOR_MODULES = ("roamgate.gateway.imap_door", "roamgate.gateway.ssh_door", "roamgate.web.app")
+DOOR_MODULES = (
+    "roamgate.gateway.imap_door",
+    "roamgate.gateway.ssh_door",
+    "roamgate.web.app",
+    "roamgate.gateway.submission_door",
+)
 
 
 def load_doors() -> None:
@@ -48,7 +53,7 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None) -> None:
         async with open_runtime(cfg) as rt:
             doors: list[Door] = []
             try:
-                for name in ("ssh", "imaps", "imap", "web"):
+                for name in LISTENER_NAMES:
                     listener: Listener | None = getattr(cfg.listeners, name)
                     if listener is None or not listener.enabled:
                         continue

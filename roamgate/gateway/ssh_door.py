@@ -4,7 +4,8 @@ Policy lives in small asyncssh hooks whose default is to refuse (see roamgate.ss
 no shell, exec, subsystem, agent or X11 (a session channel is refused outright: every one of
 those needs one), no remote or Unix-socket forwarding, no tun/tap, and direct-tcpip only to
 `imap` (roamgate's own IMAP proxy, logged in as the SSH user with the password alone),
-`submission` and the configured forwards. Each refusal is audited.
+`submission` (roamgate's own submission door: its policy and relay, see submission_door) and
+the configured forwards. Each refusal is audited.
 
 Authentication is one keyboard-interactive conversation: `Password: ` then `One-time code: `.
 A client that proves it holds a key (its signature) gives the door a device identity for the
@@ -32,10 +33,11 @@ from roamgate.gateway.proxy_accept import Origin, ProxyAcceptor, TrustedProxies
 from roamgate.gateway.pump import Counted, relay
 from roamgate.gateway.resumable import ResumableService
 from roamgate.gateway.serve import DOORS, Door
+from roamgate.gateway.submission_door import SubmissionDoor
 from roamgate.login.authenticator import LoginResult
 from roamgate.runtime import Runtime
 from roamgate.ssh import algorithms
-from roamgate.ssh.forwards import Refusal, Service, resolve
+from roamgate.ssh.forwards import SUBMISSION, Refusal, Service, resolve
 from roamgate.store.base import JsonValue, SessionRecord, StoreError, TravelWindow, UserRecord
 
 log = logging.getLogger("roamgate.ssh")
@@ -68,6 +70,12 @@ class SshDoor:
         self.settings: SshSettings = rt.config.ssh
         # The tunnel's IMAP target: the gateway's own proxy, without a listener of its own.
         self.imap = ImapDoor(rt, None, name="ssh-imap", implicit_tls=True)
+        # The tunnel's `submission`: the submission door's own SMTP session and relay.
+        self.submission = (
+            SubmissionDoor(rt, None, name="ssh-submission", implicit_tls=False)
+            if rt.config.upstream.smtp is not None
+            else None
+        )
         # `imap-resume`: IMAP sessions kept across line drops (gateway/resumable.py).
         self.resume = ResumableService(rt, self.imap, self.settings.resume, door=self.name)
         self.limiter = ConnectionLimiter(
@@ -123,6 +131,9 @@ class SshDoor:
         }
 
     async def start(self) -> None:
+        if self.submission is not None:
+            # What the tunnel's SMTP sessions may offer in EHLO (8BITMIME, CHUNKING, ...).
+            self.submission.spawn(self.submission.probe_upstream(), "submission-probe")
         self.resume.start()  # the grace-period clock, whichever way connections are accepted
         if self.listener.proxy_protocol:
             # asyncssh.listen accepts (and reads) sockets itself, so it cannot skip a PROXY
@@ -196,6 +207,8 @@ class SshDoor:
             await asyncio.wait_for(self._drained.wait(), 10)
         await self.resume.close()
         await self.imap.close()
+        if self.submission is not None:
+            await self.submission.close()
         if self._acceptor is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._acceptor.wait_closed(), 5)
@@ -613,6 +626,10 @@ class _SshConnection(asyncssh.SSHServer):
                     self.port,
                     tunnel_user=self.user.name,
                     link_compressed=compression not in (None, "none"),
+                )
+            elif service.name == SUBMISSION and self.door.submission is not None:
+                reason = await self.door.submission.serve_tunnel(
+                    channel, self.source, self.port, self.user.name
                 )
             else:
                 reason = await self._tcp(service, channel)

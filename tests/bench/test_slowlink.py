@@ -46,7 +46,9 @@ async def test_20_kb_at_64_kbit_takes_two_and_a_half_seconds_and_counts_are_exac
         await asyncio.sleep(0.05)  # the echo server's close travels back
         assert got == payload
         # Up and down are separate lines: the echo streams back while the rest goes up.
-        assert 2.0 <= elapsed <= 3.0, elapsed
+        # The lower bound is the rate limit; the upper one only catches a link that stalls
+        # (generous: a loaded 2-core CI machine runs this beside other processes).
+        assert 2.0 <= elapsed <= 8.0, elapsed
         assert (link.bytes_up, link.bytes_down) == (20_000, 20_000)
         assert link.connections == 1
 
@@ -65,8 +67,10 @@ async def test_the_delay_adds_to_a_round_trip(echo_port: int) -> None:
             return elapsed
 
     fast, slow = await ping(0.0), await ping(0.1)
-    assert fast < 0.05, fast
-    assert 0.19 <= slow <= 0.3, slow
+    # Two one-way delays of 0.1 s; upper bounds generous for a loaded machine.
+    assert fast < 0.5, fast
+    assert slow >= 0.19, slow
+    assert slow - fast >= 0.15 and slow <= 1.5, (fast, slow)
 
 
 async def test_a_fast_sender_is_paused_instead_of_buffered() -> None:

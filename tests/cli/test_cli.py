@@ -62,6 +62,35 @@ def test_init_writes_a_working_gateway(tmp_path: Path) -> None:
     assert forced.returncode == 0 and (d / "secret.key").read_bytes() != old_key
 
 
+def test_init_writes_the_submission_doors_with_an_upstream_smtp(tmp_path: Path) -> None:
+    plain = tmp_path / "imap-only"
+    assert (
+        run_cli("init", "--dir", str(plain), "--upstream-imap", "mail.example.com:993").returncode
+        == 0
+    )
+    assert "submission:" not in (plain / "roamgate.yaml").read_text()
+    d = tmp_path / "gw"
+    r = run_cli(
+        "init", "--dir", str(d), "--upstream-imap", "mail.example.com:993",
+        "--upstream-smtp", "mail.example.com:465",
+        "--submission-port", "10465", "--submission-starttls-port", "10587",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    ok = run_cli("check-config", *_cfg(d))
+    assert ok.returncode == 0, ok.stderr
+    assert "submissions 127.0.0.1:10465, submission 127.0.0.1:10587" in ok.stdout
+    text = (d / "roamgate.yaml").read_text()
+    assert "upstream_login: passthrough" in text and "max_recipients: 50" in text
+    defaults = tmp_path / "defaults"
+    r = run_cli(
+        "init", "--dir", str(defaults), "--upstream-imap", "mail.example.com:993",
+        "--upstream-smtp", "mail.example.com:587",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    listed = run_cli("check-config", *_cfg(defaults)).stdout
+    assert "submissions 127.0.0.1:465, submission 127.0.0.1:587" in listed
+
+
 def test_server_certificate_verifies_against_the_ca(gateway_dir: Path) -> None:
     import ssl
 

@@ -160,8 +160,21 @@ def ssh_gw(
             ssh_dovecot,
             tmp / "gw",
             users=SSH_USERS,
-            extra_init=("--upstream-smtp", f"127.0.0.1:{smtp_port}"),
+            extra_init=(
+                "--upstream-smtp",
+                f"127.0.0.1:{smtp_port}",
+                "--submission-port",
+                str(free_port()),
+                "--submission-starttls-port",
+                str(free_port()),
+            ),
             replace={
+                # The tunnel's `submission` ends in the gateway's own submission code, which
+                # relays to this plain aiosmtpd (loopback) without logging in to it; carol
+                # owns carol@example.com.
+                f"    port: {smtp_port}\n    tls: starttls\n": f"    port: {smtp_port}\n    tls: none\n",
+                "upstream_login: passthrough      # passthrough | relay": "upstream_login: none #",
+                "# sender_domain: example.com ": "sender_domain: example.com ",
                 # `wiki` is any internal TCP service: here Dovecot's plain IMAP port.
                 "forwards: {}": "forwards: {wiki: {target: "
                 f'"127.0.0.1:{ssh_dovecot.imap_port}", users: [carol]}}}}',
