@@ -117,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--verifier", choices=["upstream", "local"], default="upstream")
     p.add_argument("--force", action="store_true", help="replace an existing gateway's files")
+    p.add_argument(
+        "--store",
+        default="roamgate.db",
+        metavar="PATH|URL",
+        help="a SQLite file (default: roamgate.db in --dir) or a postgresql:// URL shared by"
+        " several nodes",
+    )
     p.set_defaults(run=setup.init, needs="sync")
 
     p = sub.add_parser("check-config", parents=[cfg], help="validate a config file")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 from roamgate.profiles import LinkProfile, merged_profiles
+from roamgate.store.urls import is_postgres, split_password, url_problem
 from roamgate.yamlbind import PORT, ConfigError, ConfigIssue, Secret, int_range, load_yaml_into
 
 __all__ = ["Config", "ConfigError", "ConfigIssue", "Secret", "load_config"]
@@ -264,6 +265,10 @@ class StoreSettings:
     """Where state lives: a SQLite file path (one node) or a postgresql:// URL (several nodes)."""
 
     url: str = "roamgate.db"
+    # The PostgreSQL password, when the URL carries none (password_file or password_env).
+    password: Secret | None = None
+    # Connections each node keeps to PostgreSQL at most (SQLite: one, this is ignored).
+    pool_size: int = field(default=10, metadata=int_range(1, 200))
 
 
 @dataclass(frozen=True)
@@ -385,6 +390,12 @@ class Config:
             return url
         p = Path(url).expanduser()
         return str(p if p.is_absolute() else self.base_dir / p)
+
+    def store_password(self) -> str | None:
+        """The PostgreSQL password from store.password_file/_env (None: the URL's, if any)."""
+        if self.store.password is None:
+            return None
+        return self.store.password.text().rstrip("\r\n")
 
     def link_profiles(self) -> dict[str, LinkProfile]:
         """Every profile a user or a login may name: the built-in ones and the config's own."""
@@ -517,6 +528,14 @@ def _cross_checks(cfg: Config, lines: dict[str, int], *, key_files: bool) -> lis
                 "imap_proxy.master_password_file",
                 "upstream_login: master needs master_password_file",
             )
+
+    problem = url_problem(cfg.store.url)
+    if problem is not None:
+        at("store.url", problem)
+    elif cfg.store.password is not None and split_password(cfg.store.url)[1] is not None:
+        at("store.url", "the URL carries a password and store.password_* gives one: keep one")
+    elif cfg.store.password is not None and not is_postgres(cfg.store.url):
+        at("store.password", "a SQLite store has no password")
 
     files: list[tuple[str, Path | None]] = [
         ("tls.cert_file", cfg.tls.cert_file),

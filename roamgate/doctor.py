@@ -128,7 +128,7 @@ async def _store(cfg: Config) -> Check:
     url = cfg.store_url()
     shown = redact(url)
     try:
-        store = await open_store(url, migrate=False)
+        store = await open_store(url, migrate=False, password=cfg.store_password(), pool_size=1)
     except StoreError as exc:
         return Check(
             "store",

@@ -9,12 +9,14 @@ from typing import Literal
 
 from roamgate import pki
 from roamgate.secretbox import write_key_file
-from roamgate.store import open_store
+from roamgate.store import StoreError, open_store
+from roamgate.store.urls import is_postgres, redact, split_password, url_problem
 
 CONFIG_NAME = "roamgate.yaml"
 KEY_NAME = "secret.key"
 DB_NAME = "roamgate.db"
 AUDIT_NAME = "audit.jsonl"
+STORE_PASSWORD_NAME = "store.password"  # noqa: S105 (a file name)
 TLS_DIR = "tls"
 
 # Files init owns; --force replaces exactly these and nothing else in the directory.
@@ -24,6 +26,7 @@ OWNED = [
     DB_NAME,
     f"{DB_NAME}-wal",
     f"{DB_NAME}-shm",
+    STORE_PASSWORD_NAME,
     f"{TLS_DIR}/ca.pem",
     f"{TLS_DIR}/ca.key",
     f"{TLS_DIR}/server.pem",
@@ -57,6 +60,8 @@ class InitOptions:
     submission_starttls_port: int = 587
     verifier: Literal["upstream", "local"] = "upstream"
     force: bool = False
+    # A SQLite file (relative to the directory) or a postgresql:// URL shared by every node.
+    store: str = DB_NAME
 
 
 @dataclass(frozen=True)
@@ -202,9 +207,7 @@ imap_proxy:
   failure_delay_ms: 2500           # before a failed login is answered; above the upstream's own (Dovecot: 2 s)
   upstream_login: passthrough      # passthrough | master (a Dovecot master user)
 
-{submission}store:
-  url: {DB_NAME}                   # a SQLite file
-
+{submission}{_store_section(o.store)}
 secrets:
   key_file: {KEY_NAME}             # encrypts token secrets at rest; keep it 0600 and backed up
 
@@ -217,8 +220,49 @@ logging:
 """
 
 
+def _store_section(store: str) -> str:
+    if not is_postgres(store):
+        return f"store:\n  url: {_q(store)}                 # a SQLite file\n"
+    url, password = split_password(store)
+    lines = [
+        "store:",
+        "  # PostgreSQL, shared by every node; each node keeps at most pool_size connections.",
+        f"  url: {_q(url)}",
+    ]
+    if password is not None:
+        lines.append(f"  password_file: {STORE_PASSWORD_NAME}   # 0600, like the key")
+    lines.append("  pool_size: 10")
+    return "\n".join(lines) + "\n"
+
+
+async def _prepare_postgres(url: str) -> None:
+    """Reach the database and bring its schema up to date; refuse one that holds a gateway.
+
+    Done before any file is written: a wrong URL leaves the directory as it was.
+    """
+    try:
+        store = await open_store(url, migrate=False)
+    except StoreError as exc:
+        raise InitError(str(exc)) from None
+    try:
+        if await store.schema_version() > 0 and await store.list_users():
+            # Its token secrets are sealed with another node's key: a new key cannot open them.
+            raise InitError(
+                f"the database at {redact(url)} already holds a gateway's users; nodes share"
+                " one config and key: copy the first node's directory to this one instead"
+            )
+        await store.migrate()
+    except StoreError as exc:
+        raise InitError(str(exc)) from None
+    finally:
+        await store.close()
+
+
 async def init_directory(o: InitOptions) -> InitReport:
     d = o.directory
+    problem = url_problem(o.store)
+    if problem is not None:
+        raise InitError(f"--store: {problem}")
     d.mkdir(parents=True, exist_ok=True)
     existing = [name for name in OWNED if (d / name).exists()]
     if existing and not o.force:
@@ -226,6 +270,8 @@ async def init_directory(o: InitOptions) -> InitReport:
             f"{d} already holds a gateway ({', '.join(existing[:3])}"
             f"{', ...' if len(existing) > 3 else ''}); use --force to replace it"
         )
+    if is_postgres(o.store):
+        await _prepare_postgres(o.store)
     for name in existing:
         (d / name).unlink()
     (d / TLS_DIR).mkdir(exist_ok=True)
@@ -252,11 +298,18 @@ async def init_directory(o: InitOptions) -> InitReport:
     ssh_keys = pki.make_ssh_host_keys(d)
     created += [p for p, _fp in ssh_keys]
 
+    if is_postgres(o.store):
+        password = split_password(o.store)[1]
+        if password is not None:
+            pki.write_private(d / STORE_PASSWORD_NAME, password.encode() + b"\n")
+            created.append(d / STORE_PASSWORD_NAME)
+    else:
+        db = d / o.store  # an absolute path replaces d
+        store = await open_store(str(db), create=True)
+        await store.close()
+        created.append(db)
+
     config_path = d / CONFIG_NAME
     config_path.write_text(render_config(o), encoding="utf-8")
     created.append(config_path)
-
-    store = await open_store(str(d / DB_NAME), create=True)
-    await store.close()
-    created.append(d / DB_NAME)
     return InitReport(config_path, pki.cert_fingerprint(ca_cert), ssh_keys, created)

@@ -62,7 +62,9 @@ async def open_runtime(
     cfg: Config, *, clock: Callable[[], float] = time.time
 ) -> AsyncIterator[Runtime]:
     box = load_secret_box(cfg)
-    store = await open_store(cfg.store_url())
+    store = await open_store(
+        cfg.store_url(), password=cfg.store_password(), pool_size=cfg.store.pool_size
+    )
     try:
         auditor = Auditor(store, cfg.audit.file, clock)
         second = SecondFactor(store, box, cfg.auth.otp, clock)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from roamgate.demo.postgres import PG_BIN, PrivatePostgres
+
 
 class FakeClock:
     """A clock the test moves by hand; injected wherever the code asks for the time."""
@@ -69,3 +71,24 @@ def require_program(name: str) -> str:
             f"{name} is not installed: `make test` installs it (deploy/dev/install-peers.sh)"
         )
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PrivatePostgres]:
+    """One real PostgreSQL 15 for the whole session (started on first use, stopped at the end)."""
+    if not (PG_BIN / "pg_ctl").exists():
+        pytest.fail(
+            f"PostgreSQL 15 is not installed ({PG_BIN}): `make test` installs it"
+            " (deploy/dev/install-peers.sh)"
+        )
+    with PrivatePostgres() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_database(postgres: PrivatePostgres) -> Iterator[str]:
+    """A fresh, empty database for one test: its postgresql:// URL (password included)."""
+    name = postgres.create_database()
+    yield postgres.url(name)
+    # FORCE: a test that failed half-way may have left a pool open.
+    postgres.sql(f"DROP DATABASE {name} WITH (FORCE)")

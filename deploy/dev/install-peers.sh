@@ -7,8 +7,9 @@ set -euo pipefail
 # and mutt: real clients; openssh-server: the anchor that bench/ssh_tunnel.py measures against;
 # haproxy: the load balancer sending PROXY headers; systemd: systemd-analyze checks deploy/systemd;
 # chromium (driven by Playwright) and zbar-tools (zbarimg): the web enrollment walk-through;
-# postfix: the upstream submission server behind the submission door (a private instance).
-want=(dovecot-imapd oathtool openssl openssh-client openssh-server mutt haproxy systemd chromium zbar-tools postfix)
+# postfix: the upstream submission server behind the submission door (a private instance);
+# postgresql: the database several gateway nodes share (tests run a private cluster as nobody).
+want=(dovecot-imapd oathtool openssl openssh-client openssh-server mutt haproxy systemd chromium zbar-tools postfix postgresql)
 missing=()
 for pkg in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -32,9 +33,9 @@ fi
 trap '[ -n "$made_policy" ] && rm -f "$policy"' EXIT
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-# The package starts the system Dovecot; roamgate runs its own private instance and
+# The packages start the system Dovecot, Postfix and PostgreSQL; roamgate runs its own private instances and
 # needs none listening on the standard ports.
-for service in dovecot postfix; do
+for service in dovecot postfix postgresql; do
     if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$service" 2>/dev/null; then
         systemctl stop "$service" || true
     fi

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from roamgate.commands.common import CliError
 from roamgate.config import LISTENER_NAMES, load_config
+from roamgate.store.urls import is_postgres, redact
 
 
 def host_port(text: str) -> tuple[str, int]:
@@ -38,6 +39,7 @@ def init(args: argparse.Namespace) -> int:
         submission_starttls_port=args.submission_starttls_port,
         verifier=args.verifier,
         force=args.force,
+        store=args.store,
     )
     if options.upstream_ca is not None and not options.upstream_ca.is_file():
         raise CliError(f"--upstream-ca: file not found: {options.upstream_ca}")
@@ -70,5 +72,9 @@ def check_config(args: argparse.Namespace) -> int:
     print(f"  doors: {', '.join(doors) or 'none'}")
     up = cfg.upstream.imap
     print(f"  upstream IMAP: {up.host}:{up.port} ({up.tls})")
-    print(f"  password verifier: {cfg.auth.password_verifier}; store: {cfg.store_url()}")
+    # check-config works offline (it checks the file, as on a build host); `roamgate doctor`
+    # reaches the store, and serve and every other command stop with one line if they cannot.
+    url = cfg.store_url()
+    kind = "PostgreSQL" if is_postgres(url) else "SQLite"
+    print(f"  password verifier: {cfg.auth.password_verifier}; store: {redact(url)} ({kind})")
     return 0

@@ -406,6 +406,13 @@ class ImapDoor:
             raise
         except (ConnectionError, ssl.SSLError, OSError):
             pass  # the client went away; nothing to tell it
+        except StoreError as exc:
+            # The database is unreachable: fail closed, one line for the operator (the
+            # message names the store without its password), a plain BYE for the client.
+            log.warning("%s connection from %s ended: %s", self.name, source, exc)
+            if conn is None or not conn.relaying:
+                with contextlib.suppress(Exception):
+                    writer.write(b"* BYE [UNAVAILABLE] Service unavailable, try again later.\r\n")
         except Exception:
             log.exception("IMAP connection failed")
         finally:

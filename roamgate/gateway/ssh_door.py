@@ -40,7 +40,7 @@ from roamgate.runtime import Runtime
 from roamgate.ssh import algorithms
 from roamgate.ssh.callback_round import KbdRound
 from roamgate.ssh.forwards import SUBMISSION, Refusal, Service, resolve
-from roamgate.store.base import JsonValue, SessionRecord, TravelWindow, UserRecord
+from roamgate.store.base import JsonValue, SessionRecord, StoreError, TravelWindow, UserRecord
 
 log = logging.getLogger("roamgate.ssh")
 
@@ -196,7 +196,11 @@ class SshDoor:
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("ssh task %s failed", task.get_name(), exc_info=task.exception())
+            exc = task.exception()
+            if isinstance(exc, StoreError):  # the database is unreachable: one line, no traceback
+                log.warning("ssh task %s failed: %s", task.get_name(), exc)
+            else:
+                log.error("ssh task %s failed", task.get_name(), exc_info=exc)
         self._check_drained()
 
     def reload(self, rt: Runtime) -> None:

@@ -27,7 +27,7 @@ T0 = 1_750_000_000.0
 Opener = Callable[[], Awaitable[Store]]
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgresql"])
 async def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
     """Returns a function opening a new connection to one shared, migrated database."""
     if request.param == "sqlite":
@@ -37,6 +37,13 @@ async def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
             return await open_store(url, create=True)
 
         return open_sqlite
+    if request.param == "postgresql":
+        pg_url = str(request.getfixturevalue("pg_database"))
+
+        async def open_postgresql() -> Store:
+            return await open_store(pg_url)
+
+        return open_postgresql
     raise AssertionError(request.param)
 
 
