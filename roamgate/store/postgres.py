@@ -19,10 +19,12 @@ import asyncpg
 
 from roamgate.store.base import (
     AuditRecord,
+    CallbackPolicy,
     CallbackRecord,
     DeviceRecord,
     DuplicateError,
     InviteRecord,
+    PendingCallback,
     SessionRecord,
     SshKeyRecord,
     Store,
@@ -57,6 +59,7 @@ _SESSION_COLS = (
 )
 _SSH_KEY_COLS = "id, user_id, fingerprint, public_key, comment, created_at"
 _WINDOW_COLS = "id, user_name, device, door, created_at, expires_at, revoked_at"
+_PENDING_COLS = "id, user_id, channel, node, token_hash, status, created_at, expires_at"
 _AUDIT_COLS = "id, ts, kind, result, user_name, source, door, factor, reason, actor, detail"
 _INVITE_COLS = (
     "id, user_name, token_hash, created_at, expires_at, created_by, used_at, cancelled_at"
@@ -469,6 +472,110 @@ class PostgresStore(Store):
     async def remove_callback(self, callback_id: int) -> bool:
         return await self._run("DELETE FROM callbacks WHERE id = $1", callback_id) == 1
 
+    async def set_callback_key(self, callback_id: int, sealed_key: bytes) -> bool:
+        n = await self._run(
+            "UPDATE callbacks SET sealed_key = $1 WHERE id = $2", sealed_key, callback_id
+        )
+        return n == 1
+
+    async def get_callback_key(self, callback_id: int) -> bytes | None:
+        row = await self._one("SELECT sealed_key FROM callbacks WHERE id = $1", callback_id)
+        return bytes(row[0]) if row is not None and row[0] is not None else None
+
+    # -- callback policy, known sources, the outstanding callback
+    async def set_callback_policy(self, user_id: int, policy: CallbackPolicy, now: float) -> None:
+        await self._run(
+            "INSERT INTO callback_policies (user_id, policy, updated_at) VALUES ($1, $2, $3)"
+            " ON CONFLICT (user_id) DO UPDATE SET policy = excluded.policy,"
+            " updated_at = excluded.updated_at",
+            user_id,
+            policy,
+            now,
+        )
+
+    async def get_callback_policy(self, user_id: int) -> CallbackPolicy | None:
+        row = await self._one("SELECT policy FROM callback_policies WHERE user_id = $1", user_id)
+        if row is None:
+            return None
+        policy: CallbackPolicy = row[0]
+        return policy
+
+    async def note_known_sources(self, user_id: int, keys: Sequence[str], now: float) -> None:
+        if not keys:
+            return
+        # One statement for all keys; the same key twice in one call counts once.
+        await self._run(
+            "INSERT INTO known_sources (user_id, key, first_seen, last_seen)"
+            " SELECT $1, k, $3, $3 FROM (SELECT DISTINCT unnest($2::text[]) AS k) AS ks"
+            " ON CONFLICT (user_id, key) DO UPDATE SET last_seen = excluded.last_seen",
+            user_id,
+            list(keys),
+            now,
+        )
+
+    async def unknown_sources(self, user_id: int, keys: Sequence[str]) -> list[str]:
+        rows = await self._all("SELECT key FROM known_sources WHERE user_id = $1", user_id)
+        known = {str(r[0]) for r in rows}
+        return [k for k in keys if k not in known]
+
+    async def claim_pending_callback(self, pending: PendingCallback) -> bool:
+        # One statement: the insert, or the take-over of an expired row, happens for one caller.
+        n = await self._run(
+            f"INSERT INTO pending_callbacks ({_PENDING_COLS})"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            " ON CONFLICT (user_id) DO UPDATE SET id = excluded.id, channel = excluded.channel,"
+            " node = excluded.node, token_hash = excluded.token_hash, status = excluded.status,"
+            " created_at = excluded.created_at, expires_at = excluded.expires_at"
+            " WHERE pending_callbacks.expires_at <= excluded.created_at",
+            pending.id,
+            pending.user_id,
+            pending.channel,
+            pending.node,
+            pending.token_hash,
+            pending.status,
+            pending.created_at,
+            pending.expires_at,
+        )
+        return n == 1
+
+    async def get_pending_callback(self, pending_id: str) -> PendingCallback | None:
+        row = await self._one(
+            f"SELECT {_PENDING_COLS} FROM pending_callbacks WHERE id = $1", pending_id
+        )
+        return _pending(row) if row else None
+
+    async def update_pending_callback(
+        self, pending_id: str, from_statuses: Sequence[str], status: str, now: float
+    ) -> bool:
+        if not from_statuses:
+            return False
+        n = await self._run(
+            "UPDATE pending_callbacks SET status = $1 WHERE id = $2"
+            " AND status = ANY($3::text[]) AND expires_at > $4",
+            status,
+            pending_id,
+            list(from_statuses),
+            now,
+        )
+        return n == 1
+
+    async def answer_pending_callback(
+        self, token_hash: bytes, status: str, now: float
+    ) -> PendingCallback | None:
+        row = await self._one(
+            "UPDATE pending_callbacks SET status = $1 WHERE token_hash = $2"
+            " AND status IN ('pending', 'delivered') AND expires_at > $3"
+            f" RETURNING {_PENDING_COLS}",
+            status,
+            token_hash,
+            now,
+        )
+        return _pending(row) if row else None
+
+    async def finish_pending_callback(self, pending_id: str) -> bool:
+        n = await self._run("DELETE FROM pending_callbacks WHERE id = $1", pending_id)
+        return n == 1
+
     # -- SSH keys
     async def add_ssh_key(
         self, user_id: int, fingerprint: str, public_key: str, comment: str, now: float
@@ -684,6 +791,38 @@ class PostgresStore(Store):
             *params,
         )
         return [_audit(r) for r in reversed(rows)]
+
+    async def audit_page(
+        self,
+        *,
+        after: tuple[float, int] | None = None,
+        user_name: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 1000,
+    ) -> list[AuditRecord]:
+        where: list[str] = []
+        params: list[Any] = []
+        if user_name is not None:
+            params.append(user_name)
+            where.append(f"user_name = ${len(params)}")
+        if since is not None:
+            params.append(since)
+            where.append(f"ts >= ${len(params)}")
+        if until is not None:
+            params.append(until)
+            where.append(f"ts < ${len(params)}")
+        if after is not None:
+            # Keyset paging on (ts, id): stable while new records are appended.
+            params += [after[0], after[1]]
+            where.append(f"(ts, id) > (${len(params) - 1}, ${len(params)})")
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        params.append(limit)
+        rows = await self._all(
+            f"SELECT {_AUDIT_COLS} FROM audit{clause} ORDER BY ts, id LIMIT ${len(params)}",
+            *params,
+        )
+        return [_audit(r) for r in rows]
 
     async def delete_audit_before(self, ts: float) -> int:
         return await self._run("DELETE FROM audit WHERE ts < $1", ts)
@@ -948,6 +1087,11 @@ def _throttle(r: Row) -> ThrottleRecord:
 
 def _callback(r: Row) -> CallbackRecord:
     return CallbackRecord(r[0], r[1], r[2], r[3], r[4], r[5])
+
+
+def _pending(r: Row) -> PendingCallback:
+    token_hash = bytes(r[4]) if r[4] is not None else None
+    return PendingCallback(r[0], r[1], r[2], r[3], token_hash, r[5], r[6], r[7])
 
 
 def _ssh_key(r: Row) -> SshKeyRecord:
