@@ -43,7 +43,10 @@ log = logging.getLogger("roamgate.imap")
 
 # Before login a client needs short lines only (LOGIN, ID, AUTHENTICATE PLAIN): small caps keep
 # an unauthenticated peer from making the gateway hold much.
-PRELOGIN_LIMITS = Limits(max_line=8 * KIB, max_literal=4 * KIB, max_depth=4)
+# An oversized `{n+}` literal ends the connection instead of being read and thrown away.
+PRELOGIN_LIMITS = Limits(
+    max_line=8 * KIB, max_literal=4 * KIB, max_depth=4, skip_oversized_nonsync=False
+)
 PRELOGIN_LITERAL_TOTAL = 8 * KIB
 # ID keys the gateway sets itself; a client must not forge its own address upstream.
 _RESERVED_ID_PREFIX = "x-"

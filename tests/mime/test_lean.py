@@ -415,3 +415,13 @@ def test_raw_bytes_beside_an_encoded_word_do_not_blow_up_a_pda_header() -> None:
     # A well-formed ISO-2022-JP subject is still re-encoded as UTF-8.
     out, _ = render(b"Subject: =?iso-2022-jp?B?GyRCJEskWxsoQg==?=\r\n\r\nhi\r\n", PDA)
     assert b"=?UTF-8?" in out.upper() or b"=?utf-8?" in out
+
+
+def test_a_utf7_text_with_a_lone_surrogate_is_rendered_not_copied() -> None:
+    body = b"+2MI-" + b"word " * 4000
+    original = (
+        b"From: a@kestrel.example\r\nContent-Type: text/plain; charset=utf-7\r\n\r\n" + body
+    )
+    out, r = render(original)
+    assert not r.report.copied_rest
+    assert r.report.truncated and len(out) < 10_000
