@@ -177,6 +177,7 @@ class _SshConnection(asyncssh.SSHServer):
         self._started = 0.0
         self._began = 0.0
         self._channels: set[Counted] = set()
+        self._starting = 0  # channels accepted whose handler has not run yet
         self.bytes_in = 0  # of channels already closed
         self.bytes_out = 0
         self._watch: asyncio.Task[None] | None = None
@@ -505,15 +506,19 @@ class _SshConnection(asyncssh.SSHServer):
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "Forwarding there is not allowed"
             )
-        if len(self._channels) >= self.settings.max_channels_per_connection:
+        # Channels accepted but whose handler has not started yet count too: a client opening
+        # a hundred at once would otherwise get them all before the first one is registered.
+        if len(self._channels) + self._starting >= self.settings.max_channels_per_connection:
             self._audit(
                 "forward_refused", "fail", reason="too_many_channels", detail={"asked": asked}
             )
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_RESOURCE_SHORTAGE, "Too many channels")
+        self._starting += 1
 
         async def handler(
             reader: asyncssh.SSHReader[bytes], writer: asyncssh.SSHWriter[bytes]
         ) -> None:
+            self._starting -= 1  # _forward registers the channel before it first awaits
             await self._forward(target, asked, Counted(reader, writer))
 
         return handler
