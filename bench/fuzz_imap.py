@@ -33,7 +33,7 @@ from roamgate.imap.events import (
 )
 from roamgate.imap.fetch_plan import plan_fetch
 from roamgate.imap.fetch_response import FetchSplitter
-from roamgate.imap.limits import KIB, Limits
+from roamgate.imap.limits import Limits
 from roamgate.imap.prelogin import (
     CheckLogin,
     Close,
@@ -46,7 +46,9 @@ from roamgate.imap.response_parser import ResponseParser
 from roamgate.imap.values import Command, Response
 
 # Small caps so that a short input reaches every limit; the door's own are larger.
-FUZZ_LIMITS = Limits(max_line=256, max_literal=64, max_depth=4, max_chunk=16, max_nonsync_literal=32)
+FUZZ_LIMITS = Limits(
+    max_line=256, max_literal=64, max_depth=4, max_chunk=16, max_nonsync_literal=32
+)
 FUZZ_LITERAL_TOTAL = 96
 # A line the gateway sends: `* ...`, `+ ...` or `tag ...`, printable, one CRLF at its end.
 _REPLY_LINE = re.compile(rb"(\*|\+|[!-~]+) [ -~]*\r\n")

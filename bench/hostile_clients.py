@@ -164,7 +164,7 @@ def bad_bytes(t: Target) -> None:
         b'U1 LOGIN "\xff\xfe\xc3" "x"\r\n',
         b"U2 NO\x00OP\r\n",
         b"U3 LOGIN bob\x00 x\r\n",
-        b"U4 ID (\"name\" \"\xed\xa0\x80\")\r\n",
+        b'U4 ID ("name" "\xed\xa0\x80")\r\n',
         b"\x00\x00\x00\r\n",
         b"U5 NOOP\r\n",
     ]
@@ -304,8 +304,12 @@ def main() -> int:
 
             target = Target(gw.imaps_port, gw.context())
             idle = [session() for _ in range(args.rounds)]
-            print(f"{'case':<22} {'median login+select+fetch':>26} {'max':>8}  (rounds: {args.rounds})")
-            print(f"{'idle':<22} {statistics.median(idle) * 1000:>23.0f} ms {max(idle) * 1000:>5.0f} ms")
+            print(
+                f"{'case':<22} {'median login+select+fetch':>26} {'max':>8}  (rounds: {args.rounds})"
+            )
+            print(
+                f"{'idle':<22} {statistics.median(idle) * 1000:>23.0f} ms {max(idle) * 1000:>5.0f} ms"
+            )
             for name, attack in ATTACKS.items():
                 with under_attack(target, attack, to_the_end=name in ENDED_BY_THE_GATEWAY):
                     times = [session() for _ in range(args.rounds)]

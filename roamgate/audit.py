@@ -20,6 +20,10 @@ FORBIDDEN_DETAIL_KEYS = frozenset(
 )
 
 
+class AuditUnavailable(Exception):
+    """An event that must be on record (a successful login) reached not every sink."""
+
+
 class Auditor:
     """Writes audit events. The store is the record; the file is for log shippers and grep."""
 
@@ -42,7 +46,14 @@ class Auditor:
         reason: str | None = None,
         actor: str | None = None,
         detail: Mapping[str, JsonValue] | None = None,
+        required: bool = False,
     ) -> AuditRecord:
+        """Store the event and append it to the file; a failing sink is logged, not raised.
+
+        required: the caller must not go on unless the event is in the store and in the file
+        (if one is configured): AuditUnavailable is raised otherwise. A login is refused when
+        its success cannot be recorded, so that nobody gets in unaudited (a full disk, say).
+        """
         detail = dict(detail or {})
         leaked = FORBIDDEN_DETAIL_KEYS.intersection(k.lower() for k in detail)
         if leaked:
@@ -67,12 +78,14 @@ class Auditor:
             log.error("audit event not stored: %s", exc)
             record_id = None
         stored = AuditRecord(**{**record.__dict__, "id": record_id})
-        self._append_line(stored)
+        written = self._append_line(stored)
+        if required and (record_id is None or not written):
+            raise AuditUnavailable(f"audit event {kind} could not be recorded")
         return stored
 
-    def _append_line(self, record: AuditRecord) -> None:
+    def _append_line(self, record: AuditRecord) -> bool:
         if self.file is None:
-            return
+            return True
         line = json.dumps(to_json(record), sort_keys=True, ensure_ascii=False) + "\n"
         try:
             # O_APPEND with one write per line keeps lines whole when serve and the CLI
@@ -84,6 +97,8 @@ class Auditor:
                 os.close(fd)
         except OSError as exc:
             log.error("audit file %s not written: %s", self.file, exc.strerror)
+            return False
+        return True
 
 
 def to_json(record: AuditRecord) -> dict[str, JsonValue | dict[str, JsonValue]]:

@@ -37,7 +37,7 @@ from roamgate.login.authenticator import LoginResult
 from roamgate.login.profile_choice import LoginName, choose_profile, split_login
 from roamgate.login.verifiers import Outcome, PasswordVerifier
 from roamgate.runtime import Runtime
-from roamgate.store.base import SessionRecord, UserRecord
+from roamgate.store.base import SessionRecord, StoreError, UserRecord
 
 log = logging.getLogger("roamgate.imap")
 
@@ -421,8 +421,8 @@ class _Connection:
         verifier: PasswordVerifier = session_verifier if direct else remembering
         result: LoginResult | None = None
         upstream: UpstreamImap | None = None
-        login = await self._login_name(action.user)
         try:
+            login = await self._login_name(action.user)
             if login.unknown_suffix is not None:
                 result = await self._refuse_unknown_profile(login)
             elif self.tunnel_user is not None:
@@ -450,6 +450,13 @@ class _Connection:
                     upstream = await self._upstream_login(result.user, remembering.password)
                 if upstream is None:
                     result = LoginResult(False, "upstream_login_failed", temporary=True)
+        except StoreError as exc:
+            # Fail closed with a temporary NO: the store (locks, codes, windows) decides logins.
+            log.error("login of %s not decided: %s", action.user[:128], exc)
+            result = LoginResult(False, "store_unavailable", temporary=True)
+            if upstream is not None:
+                await upstream.close()
+                upstream = None
         finally:
             await session_verifier.discard()
         if not result.ok or upstream is None or result.user is None:
@@ -595,6 +602,11 @@ class _Connection:
                 },
             )
             reason = await self._watch(relay, relay_task, session_id)
+        except StoreError as exc:
+            # The session cannot be recorded or watched (revocations): end it, fail closed.
+            log.error("session %s of %s ended: %s", session_id, user.name, exc)
+            reason = "store_unavailable"
+            await relay.end(b"Server unavailable, try again later.")
         except asyncio.CancelledError:
             reason = "server_shutdown"
             await relay.end(b"Server shutting down.")
@@ -606,7 +618,12 @@ class _Connection:
                 await relay_task
             await upstream.close()
             now = rt.clock()
-            await rt.store.close_session(session_id, now, reason, relay.bytes_in, relay.bytes_out)
+            try:
+                await rt.store.close_session(
+                    session_id, now, reason, relay.bytes_in, relay.bytes_out
+                )
+            except StoreError as exc:
+                log.error("session %s not closed in the store: %s", session_id, exc)
             await rt.auditor.record(
                 "session_close",
                 "ok",

@@ -33,7 +33,7 @@ from roamgate.login.authenticator import LoginResult
 from roamgate.runtime import Runtime
 from roamgate.ssh import algorithms
 from roamgate.ssh.forwards import Refusal, Service, resolve
-from roamgate.store.base import JsonValue, SessionRecord, TravelWindow, UserRecord
+from roamgate.store.base import JsonValue, SessionRecord, StoreError, TravelWindow, UserRecord
 
 log = logging.getLogger("roamgate.ssh")
 
@@ -293,6 +293,13 @@ class _SshConnection(asyncssh.SSHServer):
     async def _registered_key(self, username: str) -> str | None:
         if not self._proven_keys:
             return None
+        try:
+            return await self._find_registered_key(username)
+        except StoreError as exc:
+            log.error("ssh keys of %s not read: %s", username[:128], exc)
+            return None  # the password is asked instead; its check fails closed
+
+    async def _find_registered_key(self, username: str) -> str | None:
         user = await self.rt.store.get_user(username)
         if user is None:
             return None
@@ -307,7 +314,16 @@ class _SshConnection(asyncssh.SSHServer):
             return await self._decided(
                 username, LoginResult(False, "malformed_answer"), began, audit_malformed=True
             )
-        answer = responses[0]
+        try:
+            return await self._answer(username, responses[0], began)
+        except StoreError as exc:
+            # Fail closed, nothing counted: the store (locks, codes, windows) decides logins.
+            log.error("ssh login of %s not decided: %s", username[:128], exc)
+            self._password = None
+            result = LoginResult(False, "store_unavailable", temporary=True)
+            return await self._decided(username, result, began)
+
+    async def _answer(self, username: str, answer: str, began: float) -> bool | Challenge:
         auth = self.rt.authenticator
         step, self._step = self._step, ""
         source, door = self.source, self.door.name

@@ -81,7 +81,9 @@ def test_ten_thousand_pipelined_commands_are_all_answered(hostile: Gateway) -> N
 
 def test_deep_nesting_gets_bad_and_the_connection_goes_on(hostile: Gateway) -> None:
     target = _survives(hostile, deep_nesting)
-    first, second = target.notes["deep_nesting"]  # type: ignore[misc]
+    replies = target.notes["deep_nesting"]
+    assert isinstance(replies, list)
+    first, second = replies
     assert first.startswith(b"N1 BAD") or first.startswith(b"* BAD"), first
     assert second == b"N2 OK NOOP completed.\r\n"
 
@@ -96,7 +98,9 @@ def test_invalid_utf8_and_nul_bytes_get_bad_and_the_connection_goes_on(hostile: 
 
 def test_an_oversized_id_is_refused_and_the_connection_goes_on(hostile: Gateway) -> None:
     target = _survives(hostile, oversized_id)
-    first, second, third = target.notes["oversized_id"]  # type: ignore[misc]
+    replies = target.notes["oversized_id"]
+    assert isinstance(replies, list)
+    first, second, third = replies
     assert first == b"I1 BAD Invalid ID parameters.\r\n", first
     assert second == b"I2 BAD Invalid ID parameters.\r\n", second
     assert third == b"I3 OK NOOP completed.\r\n"

@@ -107,9 +107,12 @@ def test_an_oversized_nonsync_literal_can_be_fatal_instead_of_skipped() -> None:
         ErrorKind.LITERAL_TOO_LARGE, "Literal too large", fatal=True, tag=b"A1"
     )
     # Within the cap, or a failed line whose small literal must be counted out: as before.
-    assert commands(b"A1 LOGIN {3+}\r\nbob x\r\nA2 X (\x00 {2+}\r\nab\r\nZ9 NOOP\r\n", limits)[
-        -len(NOOP) :
-    ] == NOOP
+    assert (
+        commands(b"A1 LOGIN {3+}\r\nbob x\r\nA2 X (\x00 {2+}\r\nab\r\nZ9 NOOP\r\n", limits)[
+            -len(NOOP) :
+        ]
+        == NOOP
+    )
 
 
 def test_literal_minus_caps_nonsync_literals_only() -> None:

@@ -419,9 +419,7 @@ def test_raw_bytes_beside_an_encoded_word_do_not_blow_up_a_pda_header() -> None:
 
 def test_a_utf7_text_with_a_lone_surrogate_is_rendered_not_copied() -> None:
     body = b"+2MI-" + b"word " * 4000
-    original = (
-        b"From: a@kestrel.example\r\nContent-Type: text/plain; charset=utf-7\r\n\r\n" + body
-    )
+    original = b"From: a@kestrel.example\r\nContent-Type: text/plain; charset=utf-7\r\n\r\n" + body
     out, r = render(original)
     assert not r.report.copied_rest
     assert r.report.truncated and len(out) < 10_000

@@ -75,7 +75,9 @@ def attachments(draw: st.DrawFn) -> Built:
 def signed_parts(draw: st.DrawFn) -> Built:
     inner = draw(text_leaves())
     boundary = b"sig-%d" % draw(st.integers(0, 10**6))
-    signature = base64.encodebytes(draw(st.binary(min_size=1, max_size=300))).replace(b"\n", b"\r\n")
+    signature = base64.encodebytes(draw(st.binary(min_size=1, max_size=300))).replace(
+        b"\n", b"\r\n"
+    )
     part = (
         b'Content-Type: multipart/signed; protocol="application/pkcs7-signature";'
         b' micalg=sha-256; boundary="' + boundary + b'"\r\n\r\n'
@@ -134,7 +136,11 @@ def _inside_signed(msg: Message) -> set[int]:
 
 
 @PROPERTY
-@given(message=messages(), profile=st.sampled_from(sorted(PROFILES)), cuts=st.lists(st.integers(0, 10**6), max_size=6))
+@given(
+    message=messages(),
+    profile=st.sampled_from(sorted(PROFILES)),
+    cuts=st.lists(st.integers(0, 10**6), max_size=6),
+)
 def test_generated_messages_stay_within_the_profile(
     message: Built, profile: str, cuts: list[int]
 ) -> None:
@@ -190,17 +196,27 @@ def test_text_converters_take_any_bytes(data: bytes) -> None:
         st.one_of(
             st.sampled_from(
                 [
-                    b"--b\r\n", b"--b--\r\n", b"--c\r\n", b"\r\n", b"text\r\n",
+                    b"--b\r\n",
+                    b"--b--\r\n",
+                    b"--c\r\n",
+                    b"\r\n",
+                    b"text\r\n",
                     b"Content-Type: multipart/mixed; boundary=b\r\n",
                     b"Content-Type: multipart/alternative; boundary=c\r\n",
                     b"Content-Type: multipart/signed; boundary=b\r\n",
                     b"Content-Type: text/html; charset=iso-2022-jp\r\n",
-                    b"Content-Transfer-Encoding: base64\r\n", b"Content-Transfer-Encoding: quoted-printable\r\n",
+                    b"Content-Transfer-Encoding: base64\r\n",
+                    b"Content-Transfer-Encoding: quoted-printable\r\n",
                     b"Content-Disposition: attachment; filename*=utf-8''%E8%B3%87\r\n",
-                    b"-----BEGIN PGP MESSAGE-----\r\n", b"=\r\n", b"=E3=81\r\n", b"\x1b$B$\"\r\n",
-                    b" folded\r\n", b"<p>x</p>\r\n", b"AAAA\r\n",
+                    b"-----BEGIN PGP MESSAGE-----\r\n",
+                    b"=\r\n",
+                    b"=E3=81\r\n",
+                    b'\x1b$B$"\r\n',
+                    b" folded\r\n",
+                    b"<p>x</p>\r\n",
+                    b"AAAA\r\n",
                 ]
-            ),  # fmt: skip
+            ),
             st.binary(max_size=20),
         ),
         max_size=60,

@@ -76,7 +76,7 @@ async def test_a_hundred_channels_on_one_connection_are_capped_and_others_still_
         refused = [o for o in opened if isinstance(o, asyncssh.ChannelOpenError)]
         assert len(ok) == 8 and len(refused) == 92, opened[:3]
         await asyncio.to_thread(_legitimate_fetch, ssh_gw)
-        for _reader, writer in ok:  # type: ignore[misc]
+        for _reader, writer in ok:
             writer.close()
     assert ssh_gw.gw.process.poll() is None
 
