@@ -40,7 +40,7 @@ def main() -> int:
                 took = time.monotonic() - began
                 print(f"{door}: {len(findings)} findings in {took:.0f} s: {json.dumps(counts)}")
                 for f in findings:
-                    if f["severity"] in ("MEDIUM", "HIGH", "CRITICAL", "WARN"):
+                    if f["severity"] in ("LOW", "MEDIUM", "HIGH", "CRITICAL", "WARN"):
                         print(f"  {f['severity']:<8} {f['id']}: {f['finding']}")
     return 0
 

@@ -26,6 +26,9 @@ TARGETED = (
     "--vulnerable",
 )
 BAD = {"HIGH", "CRITICAL"}
+# Accepted, see THREAT_MODEL.md: the certificate comes from the gateway's private CA, which the
+# clients trust by its fingerprint; there is no public CRL or OCSP responder to name in it.
+ACCEPTED = {"cert_revocation"}
 
 
 def run_testssl(
@@ -65,7 +68,11 @@ def test_testssl_finds_nothing_high_or_critical(
         findings = run_testssl(
             gateway, gateway.imap_port, tmp_path / "imap.json", "--starttls", "imap"
         )
-    bad = [(f["id"], f["severity"], f["finding"]) for f in findings if f["severity"] in BAD]
+    bad = [
+        (f["id"], f["severity"], f["finding"])
+        for f in findings
+        if f["severity"] in BAD and f["id"] not in ACCEPTED
+    ]
     print(door, _summary(findings))
     assert bad == [], bad
     by_id = {f["id"]: f for f in findings}
