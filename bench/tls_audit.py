@@ -19,7 +19,7 @@ from roamgate.demo.dovecot import PrivateDovecot
 
 def main() -> int:
     from tests.gateway.conftest import running_gateway
-    from tests.gateway.test_tls_audit import run_testssl
+    from tests.gateway.test_tls_audit import TARGETED, run_testssl
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--targeted", action="store_true", help="the suite's targeted scan")
@@ -33,7 +33,8 @@ def main() -> int:
             ):
                 began = time.monotonic()
                 out = Path(tmp) / f"{port}.json"
-                findings = run_testssl(gw, port, out, *extra, targeted=args.targeted)
+                checks = TARGETED if args.targeted else ()
+                findings = run_testssl(gw, port, out, *extra, checks=checks)
                 counts: dict[str, int] = {}
                 for f in findings:
                     counts[f["severity"]] = counts.get(f["severity"], 0) + 1
