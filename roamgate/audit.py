@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -92,7 +93,13 @@ class Auditor:
             # append to the same file; 0600 because the trail names users and addresses.
             fd = os.open(self.file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
-                os.write(fd, line.encode("utf-8"))
+                data = line.encode("utf-8")
+                written = os.write(fd, data)
+                if written != len(data):
+                    # A full disk takes part of the line: cut it off again, or every later
+                    # line would be glued to a broken one (found by tests/gateway/test_faults).
+                    os.ftruncate(fd, os.lseek(fd, 0, os.SEEK_CUR) - written)
+                    raise OSError(errno.ENOSPC, "short write (disk full?)")
             finally:
                 os.close(fd)
         except OSError as exc:

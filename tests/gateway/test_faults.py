@@ -204,6 +204,8 @@ def test_a_full_audit_disk_fails_logins_closed(faulty: Gateway) -> None:
         assert "login of jon refused: the audit trail cannot be written" in faulty.logs()
     finally:
         filler.unlink()
+    # No line of the audit file was left half written by the full disk.
+    assert faulty.audit()
     # The store kept the refusal with its reason.
     out = faulty.cli("audit", "--user", "jon", "--kind", "auth", "--json")
     assert out.returncode == 0, out.stderr
