@@ -99,6 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", parents=[cfg], help="validate a config file")
     p.set_defaults(run=setup.check_config, needs="sync")
 
+    p = sub.add_parser(
+        "doctor",
+        parents=[cfg],
+        help="check config, store, upstreams, certificates, clock and disk",
+        description="One line per check: OK, WARN or FAIL with a remedy."
+        " Exit code 0: all OK; 1: a WARN and no FAIL; 2: a FAIL.",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per check")
+    p.set_defaults(run=_doctor, needs="sync")
+
     p = sub.add_parser("serve", parents=[cfg], help="run the gateway")
     p.set_defaults(run=None, needs="serve")
 
@@ -215,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(run=audit_log.show, needs="runtime")
     return parser
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from roamgate import doctor
+
+    return doctor.run(args)
 
 
 async def _with_runtime(args: argparse.Namespace, fn: Command) -> int:

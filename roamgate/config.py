@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal
 
@@ -25,6 +25,9 @@ class Listener:
     port: int = field(metadata=PORT)
     host: str = "127.0.0.1"
     enabled: bool = True
+    # Behind a load balancer: every connection must come from `trusted_proxies` and begin with
+    # a PROXY v1/v2 header naming the client; any other connection is closed and audited.
+    proxy_protocol: bool = False
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,15 @@ class AuditSettings:
 
 
 @dataclass(frozen=True)
+class DoctorSettings:
+    """`roamgate doctor`: where it may ask the time (only hosts named here are contacted)."""
+
+    # An http(s) URL whose Date header is the clock reference; without one the upstream SMTP
+    # greeting's date is used when it carries one.
+    clock_url: str | None = None
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     """Operational logs (never secrets)."""
 
@@ -211,8 +223,12 @@ class Config:
     store: StoreSettings = field(default_factory=StoreSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    doctor: DoctorSettings = field(default_factory=DoctorSettings)
     # Link profiles by name: added to the built-in ones (lan, isdn, phs, pda) or replacing one.
     profiles: dict[str, LinkProfile] = field(default_factory=dict)
+    # Load balancers (addresses or CIDR networks) whose PROXY headers the doors with
+    # `proxy_protocol: true` believe; nobody else may connect to those doors.
+    trusted_proxies: tuple[str, ...] = ()
     # Set by load_config, not read from the file.
     path: Path = field(default=Path(DEFAULT_CONFIG_NAME), metadata={"internal": True})
 
@@ -268,6 +284,26 @@ def _cross_checks(cfg: Config, lines: dict[str, int], *, key_files: bool) -> lis
                 f"port {listener.port} is already used by listeners.{other}",
             )
         bound[(listener.host, listener.port)] = name
+    url = cfg.doctor.clock_url
+    if url is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
+        at("doctor.clock_url", f"expected an http:// or https:// URL, got {url!r}")
+    for i, entry in enumerate(cfg.trusted_proxies):
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            at(f"trusted_proxies[{i}]", f"expected an IP address or network, got {entry!r}")
+    for door in fields(cfg.listeners):
+        name = door.name
+        listener = getattr(cfg.listeners, name)
+        if listener is None or not listener.enabled or not listener.proxy_protocol:
+            continue
+        if name == "web":
+            at("listeners.web.proxy_protocol", "the web door takes no PROXY header")
+        elif not cfg.trusted_proxies:
+            at(
+                f"listeners.{name}.proxy_protocol",
+                "needs trusted_proxies: the load balancers' addresses",
+            )
     if cfg.listeners.ssh is not None and cfg.listeners.ssh.enabled and cfg.ssh is None:
         at("listeners.ssh", "the SSH door needs an ssh: section with host_key_files")
     if cfg.ssh is not None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import socket
 import ssl
 import time
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from roamgate.config import Listener
 from roamgate.gateway.imap_relay import ImapRelay, RelaySettings
 from roamgate.gateway.lean_cache import LeanCache
 from roamgate.gateway.limits import ConnectionLimiter
+from roamgate.gateway.proxy_accept import Origin, ProxyAcceptor, TrustedProxies
 from roamgate.gateway.serve import DOORS, Door
 from roamgate.gateway.streams import Reader, Writer
 from roamgate.gateway.tls import peer_certificate_fingerprint, server_context
@@ -171,6 +173,7 @@ class ImapDoor:
             float(self.settings.upstream_spare_seconds),
         )
         self._server: asyncio.Server | None = None
+        self._proxied: ProxyAcceptor | None = None
         # Lean renditions by user and message, shared by the door's sessions (bounded).
         self.lean_cache = LeanCache()
         self._connections: set[asyncio.Task[None]] = set()
@@ -178,6 +181,17 @@ class ImapDoor:
 
     async def start(self) -> None:
         assert self.listener is not None
+        if self.listener.proxy_protocol:
+            self._proxied = ProxyAcceptor(
+                self.name,
+                self.listener.host,
+                self.listener.port,
+                TrustedProxies(self.rt.config.trusted_proxies),
+                self.rt.auditor,
+                self._accept_proxied,
+            )
+            await self._proxied.start()
+            return
         self._server = await asyncio.start_server(
             self._accept,
             self.listener.host,
@@ -189,6 +203,8 @@ class ImapDoor:
 
     @property
     def port(self) -> int:
+        if self._proxied is not None:
+            return self._proxied.port
         assert self._server is not None
         return int(self._server.sockets[0].getsockname()[1])
 
@@ -196,6 +212,8 @@ class ImapDoor:
         self._closing = True
         if self._server is not None:
             self._server.close()
+        if self._proxied is not None:
+            await self._proxied.close()
         for task in list(self._connections):
             task.cancel()
         if self._connections:
@@ -209,6 +227,31 @@ class ImapDoor:
         peer = writer.get_extra_info("peername") or ("?", 0)
         await self.serve_stream(reader, writer, str(peer[0]), int(peer[1]))
 
+    async def _accept_proxied(self, sock: socket.socket, origin: Origin) -> None:
+        """A connection whose PROXY header is read: streams as asyncio.start_server makes them.
+
+        The callback given to StreamReaderProtocol marks the streams as the server side,
+        which StreamWriter.start_tls (STARTTLS) relies on.
+        """
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=READ_SIZE)
+        made: list[asyncio.StreamWriter] = []
+        protocol = asyncio.StreamReaderProtocol(reader, lambda _r, w: made.append(w))
+        try:
+            await loop.connect_accepted_socket(
+                lambda: protocol,
+                sock,
+                ssl=self.ssl_context if self.implicit_tls else None,
+                ssl_handshake_timeout=30 if self.implicit_tls else None,
+            )
+        except (ssl.SSLError, ConnectionError, OSError, TimeoutError):
+            sock.close()
+            return
+        if not made:  # closed during the handshake
+            sock.close()
+            return
+        await self.serve_stream(reader, made[0], origin.source, origin.port, via=origin.proxy)
+
     async def serve_stream(
         self,
         reader: Reader,
@@ -218,11 +261,13 @@ class ImapDoor:
         *,
         tunnel_user: str | None = None,
         link_compressed: bool = False,
+        via: str | None = None,
     ) -> None:
         """One client connection from greeting to close, within the connection caps.
 
         tunnel_user: the stream is an SSH tunnel whose login proved both factors for this
-        user; only they may log in on it, with the password alone.
+        user; only they may log in on it, with the password alone. via: the load balancer
+        that named `source` in a PROXY header.
         """
         task = asyncio.current_task()
         assert task is not None
@@ -243,6 +288,7 @@ class ImapDoor:
             with self.limiter.hold(source):
                 conn = _Connection(self, reader, writer, source, port, tunnel_user)
                 conn.link_compressed = link_compressed
+                conn.via = via
                 await conn.run()
         except asyncio.CancelledError:
             # After login the relay says BYE itself (through COMPRESS, if the client started it).
@@ -294,6 +340,7 @@ class _Connection:
         self.deadline = time.monotonic() + door.settings.login_grace_seconds
         self.relaying = False  # logged in: the relay owns the client's stream
         self.link_compressed = False  # the SSH tunnel compresses: no COMPRESS=DEFLATE on top
+        self.via: str | None = None  # the load balancer, for a connection behind one
         # The profile named by the login's suffix (`alice#phs`), once the login has succeeded.
         self.login_profile: str | None = None
 
@@ -599,6 +646,7 @@ class _Connection:
                     "tunnel": "ssh" if self.tunnel_user is not None else None,
                     "profile": choice.name,
                     "profile_source": choice.source,
+                    "via": self.via,
                 },
             )
             reason = await self._watch(relay, relay_task, session_id)

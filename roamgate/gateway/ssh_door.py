@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
@@ -27,6 +28,7 @@ import asyncssh
 from roamgate.config import Listener, SshSettings
 from roamgate.gateway.imap_door import ImapDoor
 from roamgate.gateway.limits import ConnectionLimiter
+from roamgate.gateway.proxy_accept import Origin, ProxyAcceptor, TrustedProxies
 from roamgate.gateway.pump import Counted, relay
 from roamgate.gateway.serve import DOORS, Door
 from roamgate.login.authenticator import LoginResult
@@ -69,6 +71,8 @@ class SshDoor:
             self.settings.max_connections, self.settings.max_connections_per_source
         )
         self._acceptor: asyncssh.SSHAcceptor | None = None
+        self._proxied: ProxyAcceptor | None = None
+        self._options: asyncssh.SSHServerConnectionOptions | None = None
         self._connections: set[_SshConnection] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
@@ -95,31 +99,66 @@ class SshDoor:
             keypair.host_key_algorithms = [a for a in keypair.host_key_algorithms if a in allowed]
         return list(keypairs)
 
+    def _server_options(self) -> dict[str, Any]:
+        return {
+            "server_host_keys": self._host_keys(),
+            "server_version": "roamgate",
+            "kex_algs": list(algorithms.KEX),
+            "encryption_algs": list(algorithms.ENCRYPTION),
+            "mac_algs": list(algorithms.MAC),
+            "signature_algs": list(algorithms.SIGNATURE),
+            "compression_algs": list(algorithms.COMPRESSION),
+            "login_timeout": float(self.settings.login_timeout_seconds),
+            "keepalive_interval": float(self.settings.keepalive_seconds),
+            "keepalive_count_max": self.settings.keepalive_count_max,
+            "allow_pty": False,
+            "agent_forwarding": False,
+            "x11_forwarding": False,
+            "password_auth": False,
+            "gss_host": None,
+            "host_based_auth": False,
+        }
+
     async def start(self) -> None:
+        if self.listener.proxy_protocol:
+            # asyncssh.listen accepts (and reads) sockets itself, so it cannot skip a PROXY
+            # header. Instead ProxyAcceptor accepts, reads exactly the header (peek, then consume
+            # that many bytes) and hands the socket, positioned at the client's SSH version
+            # line, to asyncssh.run_server, which runs the server side on an already-connected
+            # socket with the same options; the client address comes from the header (Origin).
+            self._options = asyncssh.SSHServerConnectionOptions(**self._server_options())
+            self._proxied = ProxyAcceptor(
+                self.name,
+                self.listener.host,
+                self.listener.port,
+                TrustedProxies(self.rt.config.trusted_proxies),
+                self.rt.auditor,
+                self._accept_proxied,
+            )
+            await self._proxied.start()
+            return
         self._acceptor = await asyncssh.listen(
             self.listener.host,
             self.listener.port,
             server_factory=lambda: _SshConnection(self),
-            server_host_keys=self._host_keys(),
-            server_version="roamgate",
-            kex_algs=list(algorithms.KEX),
-            encryption_algs=list(algorithms.ENCRYPTION),
-            mac_algs=list(algorithms.MAC),
-            signature_algs=list(algorithms.SIGNATURE),
-            compression_algs=list(algorithms.COMPRESSION),
-            login_timeout=float(self.settings.login_timeout_seconds),
-            keepalive_interval=float(self.settings.keepalive_seconds),
-            keepalive_count_max=self.settings.keepalive_count_max,
-            allow_pty=False,
-            agent_forwarding=False,
-            x11_forwarding=False,
-            password_auth=False,
-            gss_host=None,
-            host_based_auth=False,
+            **self._server_options(),
         )
+
+    async def _accept_proxied(self, sock: socket.socket, origin: Origin) -> None:
+        try:
+            # Returns once the client has logged in (or raises when it did not); the
+            # connection then lives on in the event loop, owned by its _SshConnection.
+            await asyncssh.run_server(
+                sock, options=self._options, server_factory=lambda: _SshConnection(self, origin)
+            )
+        except (asyncssh.Error, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            # The connection's own hooks audited what mattered (refused logins).
+            log.debug("ssh connection from %s ended before login: %s", origin.source, exc)
 
     @property
     def port(self) -> int:
+        if self._proxied is not None:
+            return self._proxied.port
         assert self._acceptor is not None
         return int(self._acceptor.get_port())
 
@@ -140,6 +179,8 @@ class SshDoor:
         self._closing = True
         if self._acceptor is not None:
             self._acceptor.close()
+        if self._proxied is not None:
+            await self._proxied.close()
         for conn in list(self._connections):
             conn.shut_down()
         # connection_lost of each connection schedules its closing bookkeeping.
@@ -154,8 +195,9 @@ class SshDoor:
 class _SshConnection(asyncssh.SSHServer):
     """One client connection: its login conversation, its channels, its session record."""
 
-    def __init__(self, door: SshDoor) -> None:
+    def __init__(self, door: SshDoor, origin: Origin | None = None) -> None:
         self.door = door
+        self.origin = origin  # behind a load balancer: the client its PROXY header named
         self.rt = door.rt
         self.settings = door.settings
         self.conn: asyncssh.SSHServerConnection | None = None
@@ -186,8 +228,11 @@ class _SshConnection(asyncssh.SSHServer):
     # -- connection
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
-        peer = conn.get_extra_info("peername") or ("?", 0)
-        self.source, self.port = str(peer[0]), int(peer[1])
+        if self.origin is not None:
+            self.source, self.port = self.origin.source, self.origin.port
+        else:
+            peer = conn.get_extra_info("peername") or ("?", 0)
+            self.source, self.port = str(peer[0]), int(peer[1])
         refused = self.door.limiter.admit(self.source)
         if refused is not None or self.door._closing:
             self._audit("connection_refused", "fail", reason=refused or "shutting_down")
@@ -422,7 +467,12 @@ class _SshConnection(asyncssh.SSHServer):
             source=self.source,
             door=self.door.name,
             factor=self.factor,
-            detail={"session_id": self.session_id, "device": device, "client": client_version},
+            detail={
+                "session_id": self.session_id,
+                "device": device,
+                "client": client_version,
+                "via": self.origin.proxy if self.origin is not None else None,
+            },
         )
         self._watch = asyncio.get_running_loop().create_task(
             self._watch_session(), name=f"ssh-watch-{self.session_id}"
