@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import imaplib
+import sqlite3
 from collections.abc import Sequence
 
 import asyncssh
+import pytest
 
 from roamgate.demo.dovecot import free_port
 from tests.ssh.conftest import SSH_USERS, SshGateway
@@ -108,3 +110,21 @@ async def test_an_authentication_flood_from_many_ports_spares_the_legitimate_use
     ]
     assert refused and all(e["reason"] == "source_connection_limit" for e in refused)
     assert ssh_gw.gw.process.poll() is None
+
+
+async def test_a_locked_database_refuses_ssh_logins_with_a_clear_reason(ssh_gw: SshGateway) -> None:
+    db = sqlite3.connect(ssh_gw.gw.dir / "roamgate.db", isolation_level=None, timeout=30)
+    try:
+        db.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+        code = ssh_gw.gw.code("dave")
+        with pytest.raises(asyncssh.PermissionDenied):
+            await asyncio.wait_for(_connect(ssh_gw, "dave", SSH_USERS["dave"], code), 120)
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+    logs = ssh_gw.gw.logs()
+    assert "ssh login of dave not decided: database" in logs
+    assert "Traceback" not in logs
+    # The store is back: the same code was never used, a fresh one logs in.
+    conn = await _connect(ssh_gw, "dave", SSH_USERS["dave"], ssh_gw.gw.code("dave"))
+    conn.close()
