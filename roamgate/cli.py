@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from roamgate import __version__
-from roamgate.commands import audit_log, sessions, setup, ssh_keys, tokens, users
+from roamgate.commands import audit_log, sessions, setup, ssh_keys, tokens, users, web_admin
 from roamgate.commands.common import CliError
 from roamgate.config import ConfigError, load_config
 from roamgate.runtime import Runtime, SetupError, open_runtime
@@ -214,6 +214,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", nargs="?", help="win_... or ses_...")
     p.add_argument("--user", help="revoke all of this user's windows and sessions")
     p.set_defaults(run=sessions.revoke, needs="runtime")
+
+    p = sub.add_parser("invite", parents=[cfg], help="make a one-time enrollment link for a user")
+    p.add_argument("user")
+    p.add_argument(
+        "--expires-hours", type=_limit, default=None, metavar="N", help="default: web.invite_hours"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=web_admin.invite, needs="runtime")
+    p = sub.add_parser("invites", parents=[cfg], help="list open invites, or cancel one")
+    p.add_argument("--all", action="store_true", help="include used, cancelled and expired ones")
+    p.add_argument("--cancel", metavar="INVITE_ID", help="cancel this invite")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=web_admin.invites, needs="runtime")
+
+    device = sub.add_parser("device", help="device certificates").add_subparsers(
+        dest="action", metavar="ACTION"
+    )
+    device.required = True
+    p = device.add_parser("list", parents=[cfg], help="list device certificates")
+    p.add_argument("user", nargs="?")
+    p.add_argument("--all", action="store_true", help="include revoked ones")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=web_admin.device_list, needs="runtime")
+    p = device.add_parser("issue", parents=[cfg], help="issue a device certificate (PKCS#12)")
+    p.add_argument("user")
+    p.add_argument("--name", required=True, help="the device, e.g. 'work phone'")
+    p.add_argument("--out", required=True, metavar="FILE.p12")
+    p.set_defaults(run=web_admin.device_issue, needs="runtime")
+    p = device.add_parser("revoke", parents=[cfg], help="revoke a device certificate (CRL)")
+    p.add_argument("device_id")
+    p.set_defaults(run=web_admin.device_revoke, needs="runtime")
 
     p = sub.add_parser("audit", parents=[cfg], help="search the audit trail")
     p.add_argument("--user")

@@ -209,6 +209,25 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    """The web app: enrollment through invites, admin pages, device certificates."""
+
+    # Users who may log in to the admin pages (with password and code).
+    admins: tuple[str, ...] = ()
+    # The address put in invite links; default https://HOSTNAME:WEB_PORT.
+    base_url: str | None = None
+    invite_hours: int = field(default=72, metadata=int_range(1, 30 * 24))
+    enroll_session_minutes: int = field(default=30, metadata=int_range(5, 240))
+    admin_idle_minutes: int = field(default=15, metadata=int_range(1, 240))
+    admin_session_hours: int = field(default=8, metadata=int_range(1, 24))
+    # Wait before answering a failed login form: slows guessing, hides which factor failed.
+    failure_delay_ms: int = field(default=1000, metadata=int_range(0, 10000))
+    device_cert_days: int = field(default=365, metadata=int_range(1, 3650))
+    # The CRL written on every revocation (also served at /crl.pem); relative to the config.
+    crl_file: Path = Path("tls/crl.pem")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole of roamgate.yaml."""
 
@@ -223,6 +242,7 @@ class Config:
     store: StoreSettings = field(default_factory=StoreSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    web: WebSettings = field(default_factory=WebSettings)
     doctor: DoctorSettings = field(default_factory=DoctorSettings)
     # Link profiles by name: added to the built-in ones (lan, isdn, phs, pda) or replacing one.
     profiles: dict[str, LinkProfile] = field(default_factory=dict)
@@ -362,6 +382,11 @@ def _cross_checks(cfg: Config, lines: dict[str, int], *, key_files: bool) -> lis
                 problem = ssh_host_key_problem(p)
                 if problem is not None:
                     at(key, problem)
+    if cfg.web.base_url is not None and not cfg.web.base_url.startswith("https://"):
+        at("web.base_url", f"expected an https:// address, got {cfg.web.base_url!r}")
+    web = cfg.listeners.web
+    if web is not None and web.enabled and cfg.tls.ca_key_file is None:
+        at("tls.ca_key_file", "the web door issues device certificates: it needs the CA key")
     if cfg.upstream.imap.tls == "none" and not _is_loopback(cfg.upstream.imap.host):
         at("upstream.imap.tls", "'none' is only allowed for an upstream on this machine (loopback)")
     return issues

@@ -69,34 +69,50 @@ set header_cache = "~/.cache/mutt/roamgate"
 """
 
 
-def thunderbird_autoconfig(p: Profile) -> str:
-    """Thunderbird's autoconfig (clientConfig 1.1) for an account on the connector's ports."""
-    user = escape(p.user)
+def thunderbird_xml(
+    user: str,
+    incoming: tuple[str, int, str],
+    outgoing: tuple[str, int, str] | None,
+    comment: str,
+    display: str = "Corporate mail through roamgate",
+) -> str:
+    """Thunderbird's autoconfig (clientConfig 1.1); each server is (host, port, socketType)."""
+    servers = [("incomingServer", "imap", incoming)]
+    if outgoing is not None:
+        servers.append(("outgoingServer", "smtp", outgoing))
+    blocks = "".join(
+        f"""\
+    <{tag} type="{kind}">
+      <hostname>{escape(host)}</hostname>
+      <port>{port}</port>
+      <socketType>{socket_type}</socketType>
+      <username>{escape(user)}</username>
+      <authentication>password-cleartext</authentication>
+    </{tag}>
+"""
+        for tag, kind, (host, port, socket_type) in servers
+    )
     return f"""\
 <?xml version="1.0" encoding="UTF-8"?>
-<!-- Thunderbird through roamgate-connect: the SSH tunnel encrypts the line. -->
+<!-- {escape(comment)} -->
 <clientConfig version="1.1">
   <emailProvider id="roamgate">
     <domain>roamgate.invalid</domain>
-    <displayName>Corporate mail through roamgate</displayName>
+    <displayName>{escape(display)}</displayName>
     <displayShortName>roamgate</displayShortName>
-    <incomingServer type="imap">
-      <hostname>127.0.0.1</hostname>
-      <port>{p.imap_port}</port>
-      <socketType>plain</socketType>
-      <username>{user}</username>
-      <authentication>password-cleartext</authentication>
-    </incomingServer>
-    <outgoingServer type="smtp">
-      <hostname>127.0.0.1</hostname>
-      <port>{p.submission_port}</port>
-      <socketType>plain</socketType>
-      <username>{user}</username>
-      <authentication>password-cleartext</authentication>
-    </outgoingServer>
-  </emailProvider>
+{blocks}  </emailProvider>
 </clientConfig>
 """
+
+
+def thunderbird_autoconfig(p: Profile) -> str:
+    """Thunderbird's autoconfig (clientConfig 1.1) for an account on the connector's ports."""
+    return thunderbird_xml(
+        p.user,
+        ("127.0.0.1", p.imap_port, "plain"),
+        ("127.0.0.1", p.submission_port, "plain"),
+        "Thunderbird through roamgate-connect: the SSH tunnel encrypts the line.",
+    )
 
 
 RENDERERS = {

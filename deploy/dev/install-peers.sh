@@ -6,8 +6,9 @@ set -euo pipefail
 # dovecot-imapd: the corporate IMAP server; oathtool: an independent OTP generator; openssh-client
 # and mutt: real clients; openssh-server: the anchor that bench/ssh_tunnel.py measures against;
 # haproxy: the load balancer sending PROXY headers; systemd: systemd-analyze checks deploy/systemd;
+# chromium (driven by Playwright) and zbar-tools (zbarimg): the web enrollment walk-through;
 # testssl.sh: the independent TLS audit of the TLS doors (tests/gateway/test_tls_audit.py).
-want=(dovecot-imapd oathtool openssl openssh-client openssh-server mutt haproxy systemd testssl.sh)
+want=(dovecot-imapd oathtool openssl openssh-client openssh-server mutt haproxy systemd chromium zbar-tools testssl.sh)
 missing=()
 for pkg in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -6,6 +6,7 @@ import argparse
 import getpass
 import sys
 
+from roamgate import accounts
 from roamgate.auth.lockout import is_locked
 from roamgate.auth.passwords import hash_password
 from roamgate.commands.common import (
@@ -159,19 +160,7 @@ async def list_users(rt: Runtime, args: argparse.Namespace) -> int:
 
 async def set_enabled(rt: Runtime, args: argparse.Namespace, enabled: bool) -> int:
     user = await require_user(rt, args.user)
-    now = rt.clock()
-    await rt.store.set_user_enabled(user.name, enabled, now)
-    kind = "user_enable" if enabled else "user_disable"
-    windows = ended = 0
-    if not enabled:
-        # Someone who leaves is shut out now, not when their travel window runs out.
-        windows = await rt.store.revoke_user_travel_windows(user.name, now)
-        for s in await rt.store.list_sessions():
-            if s.user_name == user.name and await rt.store.request_session_end(s.id, now):
-                ended += 1
-    await rt.auditor.record(
-        kind, "ok", user=user.name, actor=actor(), detail={"windows": windows, "sessions": ended}
-    )
+    await accounts.set_user_enabled(rt, user.name, enabled, actor())
     print(f"user {user.name} {'enabled' if enabled else 'disabled'}")
     return 0
 

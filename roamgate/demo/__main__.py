@@ -124,6 +124,9 @@ def _how_to_connect(gw: Path, ports: dict[str, int], secret: str) -> str:
    openssl s_client -quiet -connect 127.0.0.1:{ports["imaps"]} -CAfile {ca}
      then type:  a LOGIN {DEMO_USER} {DEMO_PASSWORD}<code>   /   b SELECT INBOX   /   c LOGOUT
 
+ Web enrollment and admin (HTTPS with the CA above): https://localhost:{ports["web"]}/
+   a one-time enrollment link: {sys.executable} -m roamgate invite {DEMO_USER} -c {gw / "roamgate.yaml"}
+   admin pages: https://localhost:{ports["web"]}/admin/login as {DEMO_USER!r} (password and code)
  Admin commands (another terminal):
    {sys.executable} -m roamgate session list -c {gw / "roamgate.yaml"}
    {sys.executable} -m roamgate audit -c {gw / "roamgate.yaml"}
@@ -177,6 +180,9 @@ def run(workdir: Path, auto_ports: bool) -> int:
             "--web-port",
             str(ports["web"]),
         )
+        # The demo user is also the demo's administrator (the web door's admin pages).
+        with config.open("a", encoding="utf-8") as f:
+            f.write(f'\nweb:\n  admins: ["{DEMO_USER}"]\n')
         _roamgate("user", "add", DEMO_USER, "-c", str(config))
         enrolled = _roamgate(
             "token", "enroll", DEMO_USER, "--type", "totp", "-c", str(config), capture=True

@@ -345,6 +345,10 @@ class _Connection:
         self.login_profile: str | None = None
 
     async def run(self) -> None:
+        if self.door.implicit_tls and await self._certificate_revoked():
+            self.writer.write(b"* BYE Certificate not accepted.\r\n")
+            await self.writer.drain()
+            return
         self.writer.write(self.session.greeting())
         await self.writer.drain()
         try:
@@ -433,7 +437,35 @@ class _Connection:
         except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
             raise Disconnect(f"TLS handshake failed: {type(exc).__name__}") from None
         self.tls = True
+        if await self._certificate_revoked():
+            await self._send(b"* BYE Certificate not accepted.\r\n")
+            raise Disconnect("revoked client certificate")
         self.session.tls_started()
+
+    async def _certificate_revoked(self) -> bool:
+        """A client certificate whose device was revoked is refused at once.
+
+        The store is asked at each handshake (not a CRL file loaded at start), so a revocation
+        made on any node or by the CLI holds for the next connection everywhere.
+        """
+        if self.tunnel_user is not None:
+            return False
+        fingerprint = peer_certificate_fingerprint(self.writer.get_extra_info("ssl_object"))
+        if fingerprint is None:
+            return False
+        device = await self.rt.store.find_device(fingerprint)
+        if device is None or device.revoked_at is None:
+            return False
+        await self.rt.auditor.record(
+            "connection_refused",
+            "fail",
+            user=device.user_name,
+            source=self.source,
+            door=self.door.name,
+            reason="certificate_revoked",
+            detail={"device_id": device.id, "serial": device.serial},
+        )
+        return True
 
     def _device(self) -> str:
         if self.tunnel_user is not None:

@@ -29,7 +29,7 @@ DoorFactory = Callable[[Runtime, Listener], Awaitable[Door]]
 # Filled in by the modules that implement each door; a configured door without a factory is
 # reported and stays closed.
 DOORS: dict[str, DoorFactory] = {}
-DOOR_MODULES = ("roamgate.gateway.imap_door", "roamgate.gateway.ssh_door")
+DOOR_MODULES = ("roamgate.gateway.imap_door", "roamgate.gateway.ssh_door", "roamgate.web.app")
 
 
 def load_doors() -> None:

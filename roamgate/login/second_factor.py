@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from roamgate.auth import backup_codes, otp
 from roamgate.auth.otp import HotpParams, OtpCheck, TotpParams, Verdict
@@ -57,6 +57,13 @@ class SecondFactor:
 
     # -- enrollment
     async def enroll(self, user: UserRecord, kind: TokenKind, label: str = "") -> Enrollment:
+        """A new token, active at once (the CLI: the administrator hands it over)."""
+        pending = self.prepare(user, kind, label)
+        await self.store.add_token(pending.token)
+        return pending
+
+    def prepare(self, user: UserRecord, kind: TokenKind, label: str = "") -> Enrollment:
+        """A new token not stored yet: it becomes usable only through activate()."""
         secret = otp.new_secret()
         token_id = "tok_" + secrets.token_hex(6)
         s = self.settings
@@ -72,13 +79,34 @@ class SecondFactor:
             label=label,
             created_at=self.clock(),
         )
-        await self.store.add_token(token)
+        return self.describe(user, token, secret)
+
+    def describe(self, user: UserRecord, token: TokenRecord, secret: str) -> Enrollment:
+        """The otpauth URI of a token whose secret the caller holds."""
+        s = self.settings
         account = user.name if not user.email else user.email
-        if kind == "totp":
+        if token.kind == "totp":
             uri = otp.totp_uri(_totp(token, secret), account, s.issuer)
         else:
             uri = otp.hotp_uri(_hotp(token, secret), account, s.issuer, 0)
         return Enrollment(token, secret, uri)
+
+    async def activate(self, pending: TokenRecord, code: str) -> FactorResult:
+        """Store a prepared token once the user proves it works with a code from it.
+
+        The code is used up by the activation (the token's state starts past it), so the
+        same code cannot log in afterwards.
+        """
+        check = self._check(pending, code)
+        if check.verdict is not Verdict.OK or check.new_state is None:
+            reason = "malformed" if check.verdict is Verdict.MALFORMED else "wrong"
+            if check.drift_steps is not None:
+                reason = "clock_skew"
+            return FactorResult(False, reason, pending.kind, pending.id, check.drift_steps)
+        await self.store.add_token(
+            replace(pending, state=check.new_state, last_used_at=self.clock())
+        )
+        return FactorResult(True, "ok", pending.kind, pending.id, check.drift_steps)
 
     async def issue_backup_codes(self, user: UserRecord) -> list[str]:
         """Ten new codes replacing any earlier sheet; only their keyed hashes are stored."""

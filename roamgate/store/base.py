@@ -138,6 +138,51 @@ class AuditRecord:
     id: int | None = None
 
 
+@dataclass(frozen=True)
+class InviteRecord:
+    """A one-time enrollment invite; only the SHA-256 of its token is kept."""
+
+    id: str
+    user_name: str
+    token_hash: bytes = field(repr=False)
+    created_at: float
+    expires_at: float
+    created_by: str
+    used_at: float | None = None
+    cancelled_at: float | None = None
+
+    def usable(self, now: float) -> bool:
+        return self.used_at is None and self.cancelled_at is None and now < self.expires_at
+
+
+@dataclass(frozen=True)
+class WebSessionRecord:
+    """A browser session of the web app; the cookie's value is never stored, only its hash."""
+
+    id_hash: bytes = field(repr=False)
+    kind: str
+    user_name: str
+    csrf: str = field(repr=False)
+    data: str
+    created_at: float
+    last_seen_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    """A client certificate issued from the private CA to one of a user's devices."""
+
+    id: str
+    user_name: str
+    name: str
+    serial: str
+    fingerprint: str
+    created_at: float
+    expires_at: float
+    revoked_at: float | None = None
+
+
 class Store(abc.ABC):
     """Everything the gateway keeps. Methods are coroutines; times are epoch seconds."""
 
@@ -341,6 +386,82 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def revoke_user_travel_windows(self, user_name: str, now: float) -> int: ...
+
+    # -- enrollment invites
+    @abc.abstractmethod
+    async def add_invite(self, invite: InviteRecord) -> None: ...
+
+    @abc.abstractmethod
+    async def find_invite(self, token_hash: bytes) -> InviteRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_invites(
+        self, now: float, *, user_name: str | None = None, include_ended: bool = False
+    ) -> list[InviteRecord]:
+        """Invites newest first; without include_ended only those still usable at now."""
+
+    @abc.abstractmethod
+    async def consume_invite(self, invite_id: str, now: float) -> bool:
+        """Compare-and-set: mark a usable invite used; True for exactly one concurrent caller."""
+
+    @abc.abstractmethod
+    async def cancel_invite(self, invite_id: str, now: float) -> bool:
+        """Cancel an invite not used yet; False if it was used, cancelled or is unknown."""
+
+    # -- web sessions
+    @abc.abstractmethod
+    async def add_web_session(self, session: WebSessionRecord) -> None: ...
+
+    @abc.abstractmethod
+    async def get_web_session(self, id_hash: bytes, now: float) -> WebSessionRecord | None:
+        """The session if it exists and has not expired at now."""
+
+    @abc.abstractmethod
+    async def update_web_session(
+        self,
+        id_hash: bytes,
+        now: float,
+        *,
+        data: str | None = None,
+        expect_data: str | None = None,
+        expires_at: float | None = None,
+    ) -> bool:
+        """Touch a live session, optionally replacing its data and expiry.
+
+        With expect_data the data is replaced only if it still equals expect_data
+        (compare-and-set: something shown once is shown to one request only).
+        """
+
+    @abc.abstractmethod
+    async def delete_web_session(self, id_hash: bytes) -> bool: ...
+
+    @abc.abstractmethod
+    async def delete_web_sessions(
+        self, *, user_name: str | None = None, expired_before: float | None = None
+    ) -> int:
+        """End a user's sessions, or purge those expired before a time; how many went."""
+
+    # -- device certificates
+    @abc.abstractmethod
+    async def add_device(self, device: DeviceRecord) -> None: ...
+
+    @abc.abstractmethod
+    async def get_device(self, device_id: str) -> DeviceRecord | None: ...
+
+    @abc.abstractmethod
+    async def find_device(self, fingerprint: str) -> DeviceRecord | None:
+        """The device whose certificate has this SHA-256 fingerprint (hex), revoked or not."""
+
+    @abc.abstractmethod
+    async def list_devices(
+        self, *, user_name: str | None = None, include_revoked: bool = False
+    ) -> list[DeviceRecord]: ...
+
+    @abc.abstractmethod
+    async def revoke_device(self, device_id: str, now: float) -> bool: ...
+
+    @abc.abstractmethod
+    async def revoke_user_devices(self, user_name: str, now: float) -> int: ...
 
     # -- audit
     @abc.abstractmethod

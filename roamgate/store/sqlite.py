@@ -17,7 +17,9 @@ import aiosqlite
 from roamgate.store.base import (
     AuditRecord,
     CallbackRecord,
+    DeviceRecord,
     DuplicateError,
+    InviteRecord,
     SessionRecord,
     SshKeyRecord,
     Store,
@@ -27,6 +29,7 @@ from roamgate.store.base import (
     TokenRecord,
     TravelWindow,
     UserRecord,
+    WebSessionRecord,
 )
 
 _USER_COLS = "id, name, email, enabled, profile, password_hash, created_at, updated_at"
@@ -43,6 +46,11 @@ _SESSION_COLS = (
 )
 _SSH_KEY_COLS = "id, user_id, fingerprint, public_key, comment, created_at"
 _WINDOW_COLS = "id, user_name, device, door, created_at, expires_at, revoked_at"
+_INVITE_COLS = (
+    "id, user_name, token_hash, created_at, expires_at, created_by, used_at, cancelled_at"
+)
+_WEB_SESSION_COLS = "id_hash, kind, user_name, csrf, data, created_at, last_seen_at, expires_at"
+_DEVICE_COLS = "id, user_name, name, serial, fingerprint, created_at, expires_at, revoked_at"
 _AUDIT_COLS = "id, ts, kind, result, user_name, source, door, factor, reason, actor, detail"
 
 
@@ -582,6 +590,193 @@ class SqliteStore(Store):
             (now, user_name),
         )
 
+    # -- enrollment invites
+    async def add_invite(self, invite: InviteRecord) -> None:
+        try:
+            await self._run(
+                f"INSERT INTO invites ({_INVITE_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    invite.id,
+                    invite.user_name,
+                    invite.token_hash,
+                    invite.created_at,
+                    invite.expires_at,
+                    invite.created_by,
+                    invite.used_at,
+                    invite.cancelled_at,
+                ),
+            )
+        except DuplicateError:
+            raise DuplicateError(f"invite {invite.id!r} exists already") from None
+
+    async def find_invite(self, token_hash: bytes) -> InviteRecord | None:
+        row = await self._one(
+            f"SELECT {_INVITE_COLS} FROM invites WHERE token_hash = ?", (token_hash,)
+        )
+        return _invite(row) if row else None
+
+    async def list_invites(
+        self, now: float, *, user_name: str | None = None, include_ended: bool = False
+    ) -> list[InviteRecord]:
+        where: list[str] = []
+        params: list[Any] = []
+        if user_name is not None:
+            where.append("user_name = ?")
+            params.append(user_name)
+        if not include_ended:
+            where.append("used_at IS NULL AND cancelled_at IS NULL AND expires_at > ?")
+            params.append(now)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._all(
+            f"SELECT {_INVITE_COLS} FROM invites{clause} ORDER BY created_at DESC, id", params
+        )
+        return [_invite(r) for r in rows]
+
+    async def consume_invite(self, invite_id: str, now: float) -> bool:
+        n = await self._run(
+            "UPDATE invites SET used_at = ? WHERE id = ? AND used_at IS NULL"
+            " AND cancelled_at IS NULL AND expires_at > ?",
+            (now, invite_id, now),
+        )
+        return n == 1
+
+    async def cancel_invite(self, invite_id: str, now: float) -> bool:
+        n = await self._run(
+            "UPDATE invites SET cancelled_at = ? WHERE id = ? AND used_at IS NULL"
+            " AND cancelled_at IS NULL",
+            (now, invite_id),
+        )
+        return n == 1
+
+    # -- web sessions
+    async def add_web_session(self, session: WebSessionRecord) -> None:
+        try:
+            await self._run(
+                f"INSERT INTO web_sessions ({_WEB_SESSION_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    session.id_hash,
+                    session.kind,
+                    session.user_name,
+                    session.csrf,
+                    session.data,
+                    session.created_at,
+                    session.last_seen_at,
+                    session.expires_at,
+                ),
+            )
+        except DuplicateError:
+            raise DuplicateError("web session exists already") from None
+
+    async def get_web_session(self, id_hash: bytes, now: float) -> WebSessionRecord | None:
+        row = await self._one(
+            f"SELECT {_WEB_SESSION_COLS} FROM web_sessions WHERE id_hash = ? AND expires_at > ?",
+            (id_hash, now),
+        )
+        return _web_session(row) if row else None
+
+    async def update_web_session(
+        self,
+        id_hash: bytes,
+        now: float,
+        *,
+        data: str | None = None,
+        expect_data: str | None = None,
+        expires_at: float | None = None,
+    ) -> bool:
+        sets = ["last_seen_at = ?"]
+        params: list[Any] = [now]
+        if data is not None:
+            sets.append("data = ?")
+            params.append(data)
+        if expires_at is not None:
+            sets.append("expires_at = ?")
+            params.append(expires_at)
+        where = "id_hash = ? AND expires_at > ?"
+        params += [id_hash, now]
+        if expect_data is not None:
+            where += " AND data = ?"
+            params.append(expect_data)
+        n = await self._run(f"UPDATE web_sessions SET {', '.join(sets)} WHERE {where}", params)
+        return n == 1
+
+    async def delete_web_session(self, id_hash: bytes) -> bool:
+        return await self._run("DELETE FROM web_sessions WHERE id_hash = ?", (id_hash,)) == 1
+
+    async def delete_web_sessions(
+        self, *, user_name: str | None = None, expired_before: float | None = None
+    ) -> int:
+        where: list[str] = []
+        params: list[Any] = []
+        if user_name is not None:
+            where.append("user_name = ?")
+            params.append(user_name)
+        if expired_before is not None:
+            where.append("expires_at <= ?")
+            params.append(expired_before)
+        if not where:
+            return 0
+        return await self._run(f"DELETE FROM web_sessions WHERE {' AND '.join(where)}", params)
+
+    # -- device certificates
+    async def add_device(self, device: DeviceRecord) -> None:
+        try:
+            await self._run(
+                f"INSERT INTO devices ({_DEVICE_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    device.id,
+                    device.user_name,
+                    device.name,
+                    device.serial,
+                    device.fingerprint,
+                    device.created_at,
+                    device.expires_at,
+                    device.revoked_at,
+                ),
+            )
+        except DuplicateError:
+            raise DuplicateError(
+                f"device {device.id!r} or its certificate exists already"
+            ) from None
+
+    async def get_device(self, device_id: str) -> DeviceRecord | None:
+        row = await self._one(f"SELECT {_DEVICE_COLS} FROM devices WHERE id = ?", (device_id,))
+        return DeviceRecord(*row) if row else None
+
+    async def find_device(self, fingerprint: str) -> DeviceRecord | None:
+        row = await self._one(
+            f"SELECT {_DEVICE_COLS} FROM devices WHERE fingerprint = ?", (fingerprint,)
+        )
+        return DeviceRecord(*row) if row else None
+
+    async def list_devices(
+        self, *, user_name: str | None = None, include_revoked: bool = False
+    ) -> list[DeviceRecord]:
+        where: list[str] = []
+        params: list[Any] = []
+        if user_name is not None:
+            where.append("user_name = ?")
+            params.append(user_name)
+        if not include_revoked:
+            where.append("revoked_at IS NULL")
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._all(
+            f"SELECT {_DEVICE_COLS} FROM devices{clause} ORDER BY created_at, id", params
+        )
+        return [DeviceRecord(*r) for r in rows]
+
+    async def revoke_device(self, device_id: str, now: float) -> bool:
+        n = await self._run(
+            "UPDATE devices SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+            (now, device_id),
+        )
+        return n == 1
+
+    async def revoke_user_devices(self, user_name: str, now: float) -> int:
+        return await self._run(
+            "UPDATE devices SET revoked_at = ? WHERE user_name = ? AND revoked_at IS NULL",
+            (now, user_name),
+        )
+
     # -- audit
     async def append_audit(self, record: AuditRecord) -> int:
         row = await self._one(
@@ -691,6 +886,14 @@ def _ssh_key(r: sqlite3.Row) -> SshKeyRecord:
 
 def _session(r: sqlite3.Row) -> SessionRecord:
     return SessionRecord(*r)
+
+
+def _invite(r: sqlite3.Row) -> InviteRecord:
+    return InviteRecord(r[0], r[1], bytes(r[2]), r[3], r[4], r[5], r[6], r[7])
+
+
+def _web_session(r: sqlite3.Row) -> WebSessionRecord:
+    return WebSessionRecord(bytes(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], r[7])
 
 
 def _audit(r: sqlite3.Row) -> AuditRecord:

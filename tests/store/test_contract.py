@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from roamgate.store import DuplicateError, Store, open_store
-from roamgate.store.base import AuditRecord, SessionRecord, TokenRecord
+from roamgate.store.base import (
+    AuditRecord,
+    DeviceRecord,
+    InviteRecord,
+    SessionRecord,
+    TokenRecord,
+    WebSessionRecord,
+)
 
 T0 = 1_750_000_000.0
 
@@ -347,3 +354,97 @@ async def test_travel_windows(store: Store) -> None:
     await store.open_travel_window("win_4", "lena", "addr:192.0.2.9", "imaps", T0, T0 + 500)
     assert await store.revoke_user_travel_windows("lena", T0 + 80) == 2
     assert await store.list_travel_windows(T0 + 81, user_name="lena") == []
+
+
+def _invite(invite_id: str, token_hash: bytes, expires_at: float = T0 + 3600) -> InviteRecord:
+    return InviteRecord(invite_id, "alice", token_hash, T0, expires_at, "cli:root")
+
+
+async def test_invites_are_single_use_and_expire(store: Store) -> None:
+    await store.add_invite(_invite("inv_1", b"h1"))
+    await store.add_invite(_invite("inv_2", b"h2", expires_at=T0 + 10))
+    await store.add_invite(_invite("inv_3", b"h3"))
+    with pytest.raises(DuplicateError):
+        await store.add_invite(_invite("inv_4", b"h1"))
+    found = await store.find_invite(b"h1")
+    assert found is not None and found.id == "inv_1" and found.usable(T0 + 1)
+    assert await store.find_invite(b"nope") is None
+    assert await store.consume_invite("inv_1", T0 + 1)
+    assert not await store.consume_invite("inv_1", T0 + 2)
+    used = await store.find_invite(b"h1")
+    assert used is not None and used.used_at == T0 + 1 and not used.usable(T0 + 2)
+    # Expired: neither consumed nor listed as open.
+    assert not await store.consume_invite("inv_2", T0 + 10)
+    assert await store.cancel_invite("inv_3", T0 + 3)
+    assert not await store.cancel_invite("inv_3", T0 + 4)
+    assert not await store.consume_invite("inv_3", T0 + 5)
+    assert not await store.cancel_invite("inv_1", T0 + 5)
+    assert await store.list_invites(T0 + 20) == []
+    every = await store.list_invites(T0 + 20, include_ended=True)
+    assert {i.id for i in every} == {"inv_1", "inv_2", "inv_3"}
+    assert await store.list_invites(T0 + 20, user_name="bob", include_ended=True) == []
+
+
+async def test_concurrent_use_of_one_invite_has_exactly_one_winner(opener: Opener) -> None:
+    stores = [await opener() for _ in range(4)]
+    try:
+        await stores[0].add_invite(_invite("inv_race", b"race"))
+        results = await asyncio.gather(*(s.consume_invite("inv_race", T0 + 1) for s in stores))
+        assert sorted(results) == [False, False, False, True]
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_web_sessions(store: Store) -> None:
+    rec = WebSessionRecord(b"sid", "admin", "alice", "csrf1", "{}", T0, T0, T0 + 600)
+    await store.add_web_session(rec)
+    with pytest.raises(DuplicateError):
+        await store.add_web_session(rec)
+    assert await store.get_web_session(b"sid", T0 + 1) == rec
+    assert await store.get_web_session(b"sid", T0 + 600) is None
+    assert await store.get_web_session(b"other", T0 + 1) is None
+    assert await store.update_web_session(b"sid", T0 + 2, data='{"a": 1}', expires_at=T0 + 900)
+    got = await store.get_web_session(b"sid", T0 + 700)
+    assert got is not None and got.data == '{"a": 1}' and got.last_seen_at == T0 + 2
+    # Compare-and-set on the data: the second taker loses.
+    assert await store.update_web_session(b"sid", T0 + 3, data="{}", expect_data='{"a": 1}')
+    assert not await store.update_web_session(b"sid", T0 + 4, data="{}", expect_data='{"a": 1}')
+    assert not await store.update_web_session(b"sid", T0 + 901)
+    await store.add_web_session(
+        WebSessionRecord(b"sid2", "enroll", "bob", "c", "{}", T0, T0, T0 + 100)
+    )
+    await store.add_web_session(
+        WebSessionRecord(b"sid3", "enroll", "bob", "c", "{}", T0, T0, T0 + 5000)
+    )
+    assert await store.delete_web_sessions(expired_before=T0 + 100) == 1
+    assert await store.delete_web_sessions(user_name="bob") == 1
+    assert await store.delete_web_sessions() == 0
+    assert await store.delete_web_session(b"sid")
+    assert not await store.delete_web_session(b"sid")
+
+
+async def test_devices(store: Store) -> None:
+    d1 = DeviceRecord("dev_1", "alice", "phone", "0a1b", "f" * 64, T0, T0 + 86400)
+    d2 = DeviceRecord("dev_2", "alice", "laptop", "0a1c", "e" * 64, T0 + 1, T0 + 86400)
+    d3 = DeviceRecord("dev_3", "bob", "phone", "0a1d", "d" * 64, T0 + 2, T0 + 86400)
+    for d in (d1, d2, d3):
+        await store.add_device(d)
+    with pytest.raises(DuplicateError):
+        await store.add_device(DeviceRecord("dev_4", "bob", "x", "0a1b", "c" * 64, T0, T0))
+    assert await store.get_device("dev_1") == d1
+    assert await store.find_device("e" * 64) == d2
+    assert await store.find_device("0" * 64) is None
+    assert [d.id for d in await store.list_devices(user_name="alice")] == ["dev_1", "dev_2"]
+    assert await store.revoke_device("dev_1", T0 + 5)
+    assert not await store.revoke_device("dev_1", T0 + 6)
+    assert [d.id for d in await store.list_devices()] == ["dev_2", "dev_3"]
+    assert await store.revoke_user_devices("alice", T0 + 7) == 1
+    revoked = await store.find_device("f" * 64)
+    assert revoked is not None and revoked.revoked_at == T0 + 5
+    every = await store.list_devices(include_revoked=True)
+    assert [(d.id, d.revoked_at) for d in every] == [
+        ("dev_1", T0 + 5),
+        ("dev_2", T0 + 7),
+        ("dev_3", None),
+    ]

@@ -1,0 +1,1 @@
+"""The web door: enrollment through one-time invites, and the admin pages (aiohttp)."""

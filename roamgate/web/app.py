@@ -1,0 +1,158 @@
+"""The web door: the aiohttp app factory, and the listener `roamgate serve` opens for it."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from roamgate.config import Listener
+from roamgate.devices import DeviceError, build_crl
+from roamgate.gateway.serve import DOORS, Door
+from roamgate.gateway.tls import server_context
+from roamgate.runtime import Runtime
+from roamgate.web import admin, enroll, middlewares
+from roamgate.web.keys import RT
+from roamgate.web.pages import html_page, redirect
+from roamgate.web.render import Markup
+
+log = logging.getLogger("roamgate.web")
+
+# Forms are small; nothing larger is ever posted.
+MAX_REQUEST_BYTES = 64 * 1024
+_INVITE = re.compile(r"/invite/[^ ?]*")
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/")
+async def index(request: web.Request) -> web.Response:
+    body = Markup(
+        "<p>This is the gateway's enrollment and administration site. To set up your codes,"
+        " open the one-time link your administrator sent you.</p>"
+        '<p><a href="/admin/login">Administrator login</a></p>'
+    )
+    return html_page(request, "roamgate", body)
+
+
+@routes.get("/static/style.css")
+async def stylesheet(request: web.Request) -> web.Response:
+    css = (resources.files("roamgate.web") / "static" / "style.css").read_bytes()
+    return web.Response(
+        body=css, content_type="text/css", headers={"Cache-Control": "max-age=3600"}
+    )
+
+
+@routes.get("/ca.pem")
+async def ca_pem(request: web.Request) -> web.Response:
+    return web.Response(
+        body=request.app[RT].config.tls.ca_file.read_bytes(),
+        content_type="application/x-pem-file",
+        headers={"Content-Disposition": 'attachment; filename="roamgate-ca.pem"'},
+    )
+
+
+@routes.get("/crl.pem")
+async def crl_pem(request: web.Request) -> web.Response:
+    """The current CRL, made from the store at each request (so every node serves the same)."""
+    rt = request.app[RT]
+    try:
+        data = await build_crl(rt.config, rt.store, rt.clock())
+    except DeviceError:
+        raise web.HTTPNotFound(reason="No CRL") from None
+    return web.Response(body=data, content_type="application/x-pem-file")
+
+
+@routes.get("/enroll/")
+async def enroll_slash(request: web.Request) -> web.Response:
+    return redirect("/enroll")
+
+
+def create_app(
+    rt: Runtime,
+    *,
+    extra_routes: Sequence[web.AbstractRouteDef] = (),
+    subapps: Sequence[tuple[str, web.Application]] = (),
+) -> web.Application:
+    """The web app. extra_routes and subapps plug in more pages (e.g. callback approval).
+
+    Extra handlers run behind the same middlewares: security headers, error pages, the
+    session (request[roamgate.web.keys.SESSION]) and CSRF on every POST, unless a handler
+    is wrapped in roamgate.web.middlewares.csrf_exempt because it checks a signature itself.
+    """
+    app = web.Application(
+        middlewares=[
+            middlewares.security_headers,
+            middlewares.errors,
+            middlewares.session_loader,
+            middlewares.csrf,
+        ],
+        client_max_size=MAX_REQUEST_BYTES,
+    )
+    app[RT] = rt
+    app.add_routes(routes)
+    app.add_routes(enroll.routes)
+    app.add_routes(admin.routes)
+    app.add_routes(extra_routes)
+    for prefix, sub in subapps:
+        sub[RT] = rt
+        app.add_subapp(prefix, sub)
+    return app
+
+
+class RedactingAccessLogger(AbstractAccessLogger):
+    """One line per request, with an invite link's token cut out and no query string."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        path = _INVITE.sub("/invite/[token]", request.path)[:200]
+        self.logger.info(
+            "web %s %s %s %d %.3fs", request.remote, request.method, path, response.status, time
+        )
+
+
+class WebDoor:
+    """The HTTPS listener of the web app (TLS with the gateway's certificate)."""
+
+    name = "web"
+
+    def __init__(self, rt: Runtime, listener: Listener, app: web.Application) -> None:
+        self.rt = rt
+        self.listener = listener
+        self.runner = web.AppRunner(
+            app,
+            access_log_class=RedactingAccessLogger,
+            access_log=logging.getLogger("roamgate.web.access"),
+            handle_signals=False,
+            shutdown_timeout=5,
+        )
+        self.site: web.TCPSite | None = None
+
+    async def start(self) -> None:
+        await self.runner.setup()
+        # Browsers are never asked for a client certificate here (a prompt would confuse).
+        files = dataclasses.replace(self.rt.config.tls, client_certificates="none")
+        self.site = web.TCPSite(
+            self.runner,
+            self.listener.host,
+            self.listener.port,
+            ssl_context=server_context(files),
+        )
+        await self.site.start()
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+
+
+async def open_web(rt: Runtime, listener: Listener, **plugins: Any) -> Door:
+    door = WebDoor(rt, listener, create_app(rt, **plugins))
+    await door.start()
+    return door
+
+
+DOORS["web"] = open_web
