@@ -3,7 +3,7 @@
     python -m bench.slow_link_workflows [--links phs,isdn]
         [--paths direct,ssh,ssh-C,lan,isdn,phs,pda,connect]
         [--workflows triage,selective,full] [--corpus-scale 1.0] [--max-seconds 60]
-        [--budget-minutes 20] [--direct-compress]
+        [--budget-minutes 20] [--direct-compress] [--cut-every 60 [--cut-first 2]]
 
 Every path gets a SlowLink (bench/slowlink.py) on its client side:
   direct     imaplib -> link -> Dovecot IMAPS
@@ -29,6 +29,12 @@ rate + round trips x RTT fits in --max-seconds (and the run's --budget-minutes i
 it runs again through the shaped link and the wall time is measured, else the time is that
 estimate, marked `est.`. The limit column is the physics: the DEFLATE (zlib level 9) size of
 what the user saw (the payloads imaplib returned) divided by the link rate.
+
+With --cut-every N the shaped runs of the connect and ssh paths are made while the line drops
+every N seconds (the first drop --cut-first seconds into the workflow): roamgate-connect resumes
+its stream; the OpenSSH paths stand for a client that reconnects the tunnel, logs in again and
+starts the workflow over. Such cells are only measured, never estimated, and say how often the
+line was cut and how often the workflow started over (bytes and time include every reconnect).
 
 Needs Dovecot; the ssh paths need root (sshd) and are skipped otherwise. Prints figures and
 asserts nothing about speed.
@@ -319,6 +325,8 @@ class Cell:
     setup_down: int = 0
     setup_turns: int = 0
     setup_seconds: float = 0.0
+    cuts: int = 0  # the line dropped this often during the workflow (--cut-every)
+    restarts: int = 0  # the workflow started over after a drop (OpenSSH paths)
 
     @property
     def total(self) -> int:
@@ -476,8 +484,79 @@ def _connector(env: Env, link: SlowLink, cell: Cell, delay: float) -> Iterator[i
         _stop(proc)
 
 
-def _run_once(env: Env, link_name: str, path: str, workflow: str, spec: LinkSpec | None) -> Cell:
-    """One workflow on one path through a fresh link (shaped by `spec`, or not at all)."""
+MAX_RESTARTS = 5  # an OpenSSH path's workflow started over this often gives up
+
+
+@contextlib.contextmanager
+def _cutting(link: SlowLink, cut: tuple[float, float] | None) -> Iterator[None]:
+    """Drop the line `first` seconds from now, then every `every` seconds, until the block ends."""
+    if cut is None:
+        yield
+        return
+    first, every = cut
+    stop = threading.Event()
+
+    def run() -> None:
+        wait = first
+        while not stop.wait(wait):
+            link.cut()
+            wait = every
+
+    thread = threading.Thread(target=run, name="line-cutter", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def _ssh_reconnecting(
+    env: Env, link: SlowLink, path: str, workflow: str, cut: tuple[float, float], cell: Cell
+) -> Seeing:
+    """An OpenSSH tunnel and a client that, after each drop, reconnect, log in and start over."""
+    tunnel = _ssh_tunnel(env, link, path == "ssh-C")
+    local = tunnel.__enter__()
+    up0, down0, turns0 = link.bytes_up, link.bytes_down, link.turns
+    started = time.perf_counter()
+    try:
+        with _cutting(link, cut):
+            while True:
+                client = PlainClient("127.0.0.1", local, timeout=TIMEOUT)
+                try:
+                    cell.compressed = _login_compress(client, USER, PASSWORD, False)
+                    seeing = WORKFLOW_FUNCS[workflow](client)
+                    client.logout()
+                    break
+                except (imaplib.IMAP4.error, OSError, EOFError, LoginRefused):
+                    with contextlib.suppress(OSError):
+                        client.shutdown()
+                    cell.restarts += 1
+                    if cell.restarts > MAX_RESTARTS:
+                        raise
+                    tunnel.__exit__(None, None, None)
+                    tunnel = _ssh_tunnel(env, link, path == "ssh-C")
+                    local = tunnel.__enter__()
+        cell.seconds = time.perf_counter() - started
+        cell.client_trips = 1 + client.commands
+    finally:
+        tunnel.__exit__(None, None, None)
+    time.sleep(0.05 + 2 * link.down.delay_s)
+    cell.up, cell.down = link.bytes_up - up0, link.bytes_down - down0
+    cell.turns = link.turns - turns0
+    return seeing
+
+
+def _run_once(
+    env: Env,
+    link_name: str,
+    path: str,
+    workflow: str,
+    spec: LinkSpec | None,
+    cut: tuple[float, float] | None = None,
+) -> Cell:
+    """One workflow on one path through a fresh link (shaped by `spec`, or not at all), the
+    line dropped as `cut` says (first, every) on the connect and ssh paths."""
     cell = Cell("", path, workflow)
     rate, delay = (spec.rate_bps, spec.delay_s) if spec else (0, 0.0)
     target = {
@@ -489,6 +568,10 @@ def _run_once(env: Env, link_name: str, path: str, workflow: str, spec: LinkSpec
     link = SlowLink("127.0.0.1", target.get(path, env.gw_port), rate_bps=rate, delay_s=delay)
     with running_in_thread(link), contextlib.ExitStack() as stack:
         client: _Deflating
+        if path in ("ssh", "ssh-C") and cut is not None:
+            seeing = _ssh_reconnecting(env, link, path, workflow, cut, cell)
+            cell.cuts = link.cuts
+            return _seen(cell, seeing, env)
         if path in ("ssh", "ssh-C"):
             local = stack.enter_context(_ssh_tunnel(env, link, path == "ssh-C"))
             up0, down0, turns0 = link.bytes_up, link.bytes_down, link.turns
@@ -519,17 +602,24 @@ def _run_once(env: Env, link_name: str, path: str, workflow: str, spec: LinkSpec
                 cell.note = "logged in as plain `bench`"
             cell.compressed = _login_compress(client, user, PASSWORD + env.code(), True)
         try:
-            seeing = WORKFLOW_FUNCS[workflow](client)
-            client.logout()
+            with _cutting(link, cut if path == "connect" else None):
+                seeing = WORKFLOW_FUNCS[workflow](client)
+                client.logout()
         except BaseException:
             with contextlib.suppress(OSError):
                 client.shutdown()
             raise
         cell.seconds = time.perf_counter() - started
+        cell.cuts = link.cuts
         cell.client_trips = 1 + client.commands  # the greeting, then each command
         time.sleep(0.05 + 2 * delay)  # the LOGOUT's last bytes reach the counters
         cell.up, cell.down = link.bytes_up - up0, link.bytes_down - down0
         cell.turns = link.turns - turns0
+    return _seen(cell, seeing, env)
+
+
+def _seen(cell: Cell, seeing: Seeing, env: Env) -> Cell:
+    """What the user saw, for the limit column and the as-stored check."""
     seen = b"".join(seeing.seen)
     cell.seen, cell.seen_deflated = len(seen), len(zlib.compress(seen, 9))
     if seeing.missing:
@@ -538,6 +628,13 @@ def _run_once(env: Env, link_name: str, path: str, workflow: str, spec: LinkSpec
     if whole:
         cell.as_stored = all(env.corpus[seq - 1] == data for seq, data in whole.items())
     return cell
+
+
+def _cut_note(cell: Cell, every: float) -> str:
+    note = f"line cut {cell.cuts}x (every {every:.0f} s)"
+    if cell.path == "connect":
+        return note + ", stream resumed"
+    return note + f", reconnected and started over {cell.restarts}x"
 
 
 def estimate(cell: Cell, spec: LinkSpec) -> float:
@@ -558,6 +655,23 @@ def measure(env: Env, link: str, path: str, workflow: str, args: argparse.Namesp
     cell.link = link
     predicted = estimate(cell, spec)
     left = args.budget_minutes * 60 - args.spent
+    cut = (args.cut_first, args.cut_every) if args.cut_every > 0 else None
+    if cut is not None and path in ("ssh", "ssh-C") and predicted > args.cut_every:
+        # Started over after every drop, it would never get to the end: not worth the wait.
+        cell.loopback_seconds = cell.seconds
+        cell.seconds, cell.estimated = float("inf"), True
+        cell.note = (
+            f"never finishes: it needs est. {_fmt_time(predicted)} without a drop and the line"
+            f" drops every {args.cut_every:.0f} s (a client that reconnects starts over)"
+        )
+        return cell
+    if cut is not None and path in ("connect", "ssh", "ssh-C"):
+        # A run with drops is measured, never estimated, and only on this link's paths.
+        shaped = _run_once(env, link, path, workflow, spec, cut)
+        shaped.link, shaped.loopback_seconds = link, cell.seconds
+        shaped.note = (cell.note + " " if cell.note else "") + _cut_note(shaped, args.cut_every)
+        args.spent += shaped.seconds
+        return shaped
     if predicted <= min(args.max_seconds, left):
         shaped = _run_once(env, link, path, workflow, spec)
         shaped.link, shaped.note = link, cell.note
@@ -668,6 +782,8 @@ def _fmt_bytes(n: int) -> str:
 
 
 def _fmt_time(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "never"
     if seconds >= 3600:
         return f"{seconds / 3600:.1f} h"
     if seconds >= 120:
@@ -833,6 +949,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--direct-compress", action="store_true", help="COMPRESS=DEFLATE on the direct path too"
+    )
+    parser.add_argument(
+        "--cut-every",
+        type=float,
+        default=0.0,
+        help="drop the line every N seconds during connect and ssh runs (0: never)",
+    )
+    parser.add_argument(
+        "--cut-first", type=float, default=2.0, help="the first drop, seconds into the workflow"
     )
     args = parser.parse_args(argv)
     links = _choices(args.links, list(LINKS), "link")

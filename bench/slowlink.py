@@ -168,6 +168,9 @@ class SlowLink:
         self._pipes: set[_Pipe] = set()
         self._stopping = False
         self.last_accept = 0.0  # time.monotonic() of the newest connection through the link
+        self.cuts = 0
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def bytes_up(self) -> int:
@@ -185,6 +188,7 @@ class SlowLink:
         return sum(pipe.queued for pipe in self._pipes)
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
         self.port = self._server.sockets[0].getsockname()[1]
 
@@ -211,6 +215,17 @@ class SlowLink:
     ) -> None:
         await self.stop()
 
+    def cut(self) -> None:
+        """The line loses its carrier: every connection through it is dropped at once (the
+        bytes still queued on the line are lost). Callable from any thread."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._cut)
+
+    def _cut(self) -> None:
+        self.cuts += 1
+        for writer in list(self._writers):
+            writer.transport.abort()
+
     def _spoke(self, who: str) -> None:
         if who == "client" and self._last_speaker == "server":
             self.turns += 1
@@ -228,6 +243,7 @@ class SlowLink:
         self._tasks.add(task)
         self.last_accept = time.monotonic()
         writers = [c_writer]
+        self._writers.add(c_writer)
         try:
             await self._relay(c_reader, c_writer, writers)
         except asyncio.CancelledError:
@@ -236,6 +252,7 @@ class SlowLink:
         finally:
             for w in writers:
                 w.close()
+                self._writers.discard(w)
             self._tasks.discard(task)
 
     async def _relay(
@@ -249,6 +266,7 @@ class SlowLink:
         except OSError:
             return
         writers.append(s_writer)
+        self._writers.add(s_writer)
         self.connections += 1
         # The TCP handshake would cost a round trip on the real line: the client's first
         # bytes wait in its socket buffer meanwhile, and the greeting comes that much later.

@@ -60,6 +60,18 @@ class SshForward:
 
 
 @dataclass(frozen=True)
+class ResumeSettings:
+    """Resumable IMAP streams (`imap-resume`): kept with their upstream session while the line is down."""
+
+    enabled: bool = True
+    # How long a stream and its upstream IMAP session wait for the connector to come back.
+    grace_seconds: int = field(default=600, metadata=int_range(1, 86400))
+    # Bytes sent but not yet acknowledged, kept per stream for a resend (the back-pressure window).
+    buffer_bytes: int = field(default=1024 * 1024, metadata=int_range(64 * 1024, 16 * 1024 * 1024))
+    max_streams_per_user: int = field(default=16, metadata=int_range(1, 1000))
+
+
+@dataclass(frozen=True)
 class SshSettings:
     """The SSH door: host keys, login limits, keep-alives and the forwards it allows."""
 
@@ -78,6 +90,7 @@ class SshSettings:
     session_check_seconds: int = field(default=5, metadata=int_range(1, 300))
     # Named services besides `imap` and `submission`: `-L 8080:NAME:80` or the exact target.
     forwards: dict[str, SshForward] = field(default_factory=dict)
+    resume: ResumeSettings = field(default_factory=ResumeSettings)
 
 
 @dataclass(frozen=True)

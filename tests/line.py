@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import Callable
 from types import TracebackType
 
 from roamgate.demo.dovecot import free_port
@@ -13,8 +14,17 @@ from roamgate.demo.dovecot import free_port
 class Line:
     """127.0.0.1:port relayed to target; cut() drops every connection, down() refuses new ones."""
 
-    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        target_port: int,
+        target_host: str = "127.0.0.1",
+        *,
+        cut_after: Callable[[], int | None] | None = None,
+    ) -> None:
+        """cut_after: for each connection, how many bytes (both ways) it carries before the
+        line drops it, cutting a chunk in the middle; None: no cut."""
         self.target = (target_host, target_port)
+        self.cut_after = cut_after
         self.port = free_port()
         self._listener = socket.create_server(("127.0.0.1", self.port))
         self._listener.settimeout(0.2)
@@ -47,18 +57,41 @@ class Line:
             self.accepted += 1
             with self._lock:
                 self._socks |= {client, upstream}
+            budget = [self.cut_after() if self.cut_after is not None else None]
+            pair = (client, upstream)
             for src, dst, count in ((client, upstream, False), (upstream, client, True)):
-                threading.Thread(target=self._pump, args=(src, dst, count), daemon=True).start()
+                threading.Thread(
+                    target=self._pump, args=(src, dst, count, budget, pair), daemon=True
+                ).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
+    def _pump(
+        self,
+        src: socket.socket,
+        dst: socket.socket,
+        count: bool,
+        budget: list[int | None],
+        pair: tuple[socket.socket, socket.socket],
+    ) -> None:
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
+                cut = False
+                with self._lock:
+                    left = budget[0]
+                    if left is not None and left < 0:
+                        break  # the other direction has cut this connection already
+                    if left is not None:
+                        if len(data) >= left:
+                            data, cut = data[:left], True
+                        budget[0] = -1 if cut else left - len(data)
                 if count:
                     self.bytes_down += len(data)
                 dst.sendall(data)
+                if cut:
+                    self._cut_pair(pair)
+                    break
         except OSError:
             pass
         finally:
@@ -68,6 +101,13 @@ class Line:
                 s.close()
             with self._lock:
                 self._socks -= {src, dst}
+
+    def _cut_pair(self, pair: tuple[socket.socket, socket.socket]) -> None:
+        for s in pair:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+        with self._lock:
+            self.cuts += 1
 
     def cut(self) -> None:
         """Drop every connection on the line now (both ends see a reset or EOF)."""

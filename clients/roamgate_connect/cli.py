@@ -58,6 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long a mail client's connection waits for a link that is down (default 30)",
     )
     p.add_argument(
+        "--resume-seconds",
+        type=float,
+        default=600.0,
+        metavar="N",
+        help="how long an open IMAP connection is kept for a line that is down, to resume it"
+        " (default 600, the gateway's default grace period)",
+    )
+    p.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="carry IMAP as a plain tunnel (`imap`): a line drop ends the mail client's connection",
+    )
+    p.add_argument(
         "--print",
         choices=sorted(RENDERERS),
         dest="print_config",
@@ -90,7 +103,15 @@ async def run(profile: Profile, args: argparse.Namespace) -> int:
         _status(f"made a device key {profile.device_key} ({key.get_fingerprint('sha256')})")
     link = Link(profile, Prompter(args.askpass), key, status=_status)
     ports = [
-        LocalPort(link, profile.imap_port, "imap", 143, args.hold_seconds),
+        LocalPort(
+            link,
+            profile.imap_port,
+            "imap",
+            143,
+            args.hold_seconds,
+            resume_seconds=None if args.no_resume else args.resume_seconds,
+            status=_status,
+        ),
         LocalPort(link, profile.submission_port, "submission", 587, args.hold_seconds),
     ]
     try:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from roamgate.gateway.pump import Counted, relay
 from roamgate_connect.link import Link
+from roamgate_connect.resuming import ResumingStream
 
 log = logging.getLogger("roamgate_connect")
 
@@ -19,8 +21,21 @@ log = logging.getLogger("roamgate_connect")
 class LocalPort:
     """127.0.0.1:PORT forwarded to one gateway service."""
 
-    def __init__(self, link: Link, port: int, service: str, service_port: int, hold: float) -> None:
+    def __init__(
+        self,
+        link: Link,
+        port: int,
+        service: str,
+        service_port: int,
+        hold: float,
+        *,
+        resume_seconds: float | None = None,
+        status: Callable[[str], None] | None = None,
+    ) -> None:
         self.link = link
+        # Set: each connection is a resumable stream that outlives line drops this long.
+        self.resume_seconds = resume_seconds
+        self.status = status or (lambda message: log.info("%s", message))
         self.port = port
         self.service = service
         self.service_port = service_port
@@ -37,6 +52,16 @@ class LocalPort:
         self._tasks.add(task)
         local = Counted(reader, writer)
         try:
+            if self.resume_seconds is not None:
+                await ResumingStream(
+                    self.link,
+                    reader,
+                    writer,
+                    hold=self.hold,
+                    resume_seconds=self.resume_seconds,
+                    status=self.status,
+                ).run()
+                return
             try:
                 ch_reader, ch_writer = await self.link.open(
                     self.service, self.service_port, self.hold

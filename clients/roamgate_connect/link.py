@@ -28,8 +28,9 @@ log = logging.getLogger("roamgate_connect")
 
 BACKOFF_START = 1.0
 BACKOFF_MAX = 60.0
-# A link that stayed up this long resets the back-off: the next drop retries at once.
-STABLE_SECONDS = 60.0
+# A link that carried stream bytes (see note_progress) is tried again this soon after it drops:
+# on a line that drops every few minutes, a resumable stream should not wait out a back-off.
+AFTER_USEFUL_DROP = 0.2
 MAX_AUTH_FAILURES = 3  # in a row; then stop rather than help lock the account
 
 
@@ -140,11 +141,16 @@ class Link:
         self._closed = asyncio.Event()
         self._attempt: _Client | None = None
         self.connects = 0
+        self.progress = 0  # stream bytes received over any link (note_progress)
 
     def stop(self) -> None:
         self._stop.set()
         if self.conn is not None:
             self.conn.close()
+
+    def note_progress(self) -> None:
+        """A stream received bytes over the current link: a drop of it is retried at once."""
+        self.progress += 1
 
     def lost(self, exc: Exception | None) -> None:
         self.up.clear()
@@ -206,6 +212,7 @@ class Link:
             auth_failures = 0
             self.connects += 1
             began = time.monotonic()
+            progress_at_up = self.progress
             self.up.set()
             self.status(
                 f"link up to {self.profile.gateway} as {self.profile.user}"
@@ -224,12 +231,15 @@ class Link:
                 self.conn = None
             if self._stop.is_set():
                 return
-            if time.monotonic() - began >= STABLE_SECONDS:
-                delay = BACKOFF_START
-            self.status(f"link down; reconnecting in {delay:.0f} s")
+            # The gateway took the login, so the line works: failures from here on back off
+            # from the start. A link that carried mail is tried again at once (a resumable
+            # stream waits for it); one that did not, after the first back-off step.
+            delay = BACKOFF_START
+            pause = AFTER_USEFUL_DROP if self.progress != progress_at_up else BACKOFF_START
+            up_for = time.monotonic() - began
+            self.status(f"link down after {up_for:.0f} s; reconnecting in {pause:.1f} s")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay * random.uniform(0.8, 1.2))  # noqa: S311
-            delay = min(delay * 2, BACKOFF_MAX)
+                await asyncio.wait_for(self._stop.wait(), pause * random.uniform(0.8, 1.2))  # noqa: S311
 
     async def open(
         self, service: str, port: int, hold: float

@@ -261,6 +261,7 @@ class ImapDoor:
         *,
         tunnel_user: str | None = None,
         link_compressed: bool = False,
+        logout_when_gone: bool = False,
         via: str | None = None,
     ) -> None:
         """One client connection from greeting to close, within the connection caps.
@@ -268,6 +269,8 @@ class ImapDoor:
         tunnel_user: the stream is an SSH tunnel whose login proved both factors for this
         user; only they may log in on it, with the password alone. via: the load balancer
         that named `source` in a PROXY header.
+        logout_when_gone: the stream ends only when the client is gone for good (a resumable
+        stream's grace ran out), so the upstream session is logged out, not just dropped.
         """
         task = asyncio.current_task()
         assert task is not None
@@ -288,6 +291,7 @@ class ImapDoor:
             with self.limiter.hold(source):
                 conn = _Connection(self, reader, writer, source, port, tunnel_user)
                 conn.link_compressed = link_compressed
+                conn.logout_when_gone = logout_when_gone
                 conn.via = via
                 await conn.run()
         except asyncio.CancelledError:
@@ -340,6 +344,7 @@ class _Connection:
         self.deadline = time.monotonic() + door.settings.login_grace_seconds
         self.relaying = False  # logged in: the relay owns the client's stream
         self.link_compressed = False  # the SSH tunnel compresses: no COMPRESS=DEFLATE on top
+        self.logout_when_gone = False
         self.via: str | None = None  # the load balancer, for a connection behind one
         # The profile named by the login's suffix (`alice#phs`), once the login has succeeded.
         self.login_profile: str | None = None
@@ -649,6 +654,7 @@ class _Connection:
         relay.original_login = f"{user.name}{self.rt.config.imap_proxy.profile_separator}lan"
         relay.cache, relay.user_name = self.door.lean_cache, user.name
         relay.offer_compress = not self.link_compressed
+        relay.logout_when_client_gone = self.logout_when_gone
         # The relay starts at once; the bookkeeping below runs beside it, not in the client's way.
         relay_task = asyncio.create_task(relay.run(), name=f"imap-relay-{session_id}")
         reason = "closed"

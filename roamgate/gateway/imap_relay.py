@@ -77,6 +77,7 @@ _COLLECTED_VERBS = frozenset({"FETCH", "UID FETCH", "SELECT", "EXAMINE"})
 _PREFETCH_MAX = 5000
 # Literal chunks at least this long that look compressed take the cheap DEFLATE path.
 _LOW_EFFORT_MIN = 1024
+_LOGOUT_WAIT = 10.0  # seconds for the upstream to answer a LOGOUT the proxy sent itself
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,9 @@ class ImapRelay:
         # UIDVALIDITY and the UID of each sequence number as far as FETCH answers told it.
         self.cache: LeanCache | None = None  # the door's, set with user_name
         self.offer_compress = True  # False inside an SSH tunnel that compresses already
+        # A resumable stream whose grace period ran out: the client will not come back, so the
+        # upstream session is logged out rather than dropped (see _logout_upstream).
+        self.logout_when_client_gone = False
         self.user_name = ""
         self.cache_hits = 0
         self.prefetched = 0
@@ -386,6 +390,8 @@ class ImapRelay:
                     await self._client_error(event, command, partial_sent)
                     command = None
                 case ConnectionClosed():
+                    if self.logout_when_client_gone and not self._logout and command is None:
+                        await self._logout_upstream()
                     # After LOGOUT the client may hang up before the upstream does.
                     raise RelayEnded("logout" if self._logout else "client_closed")
                 case _:
@@ -393,6 +399,16 @@ class ImapRelay:
                         self._write_up(event)
                     elif local:
                         local_args.append(event)
+
+    async def _logout_upstream(self) -> None:
+        """LOGOUT upstream between commands (ending an IDLE first); the upstream pump ends the
+        relay when the server closes, or this gives up after a while."""
+        lines = b"DONE\r\n" if self._idle_tag is not None else b""
+        self._logout = True
+        self.up.writer.write(bytes(self._up_buf) + lines + b"rgbye LOGOUT\r\n")
+        self._up_buf.clear()
+        await self.up.writer.drain()
+        await asyncio.sleep(_LOGOUT_WAIT)
 
     def _write_up(self, event: Event) -> None:
         self._up_buf += self._to_up.write(event)

@@ -30,6 +30,7 @@ from roamgate.gateway.imap_door import ImapDoor
 from roamgate.gateway.limits import ConnectionLimiter
 from roamgate.gateway.proxy_accept import Origin, ProxyAcceptor, TrustedProxies
 from roamgate.gateway.pump import Counted, relay
+from roamgate.gateway.resumable import ResumableService
 from roamgate.gateway.serve import DOORS, Door
 from roamgate.login.authenticator import LoginResult
 from roamgate.runtime import Runtime
@@ -67,6 +68,8 @@ class SshDoor:
         self.settings: SshSettings = rt.config.ssh
         # The tunnel's IMAP target: the gateway's own proxy, without a listener of its own.
         self.imap = ImapDoor(rt, None, name="ssh-imap", implicit_tls=True)
+        # `imap-resume`: IMAP sessions kept across line drops (gateway/resumable.py).
+        self.resume = ResumableService(rt, self.imap, self.settings.resume, door=self.name)
         self.limiter = ConnectionLimiter(
             self.settings.max_connections, self.settings.max_connections_per_source
         )
@@ -120,6 +123,7 @@ class SshDoor:
         }
 
     async def start(self) -> None:
+        self.resume.start()  # the grace-period clock, whichever way connections are accepted
         if self.listener.proxy_protocol:
             # asyncssh.listen accepts (and reads) sockets itself, so it cannot skip a PROXY
             # header. Instead ProxyAcceptor accepts, reads exactly the header (peek, then consume
@@ -186,6 +190,7 @@ class SshDoor:
         # connection_lost of each connection schedules its closing bookkeeping.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._drained.wait(), 10)
+        await self.resume.close()
         await self.imap.close()
         if self._acceptor is not None:
             with contextlib.suppress(TimeoutError):
@@ -567,6 +572,9 @@ class _SshConnection(asyncssh.SSHServer):
             forwards=self.settings.forwards,
             submission=(smtp.host, smtp.port) if smtp is not None else None,
         )
+        resume_off = not self.settings.resume.enabled
+        if isinstance(target, Service) and target.kind == "imap-resume" and resume_off:
+            target = Refusal("resume_disabled")
         if isinstance(target, Refusal):
             self._audit("forward_refused", "fail", reason=target.reason, detail={"asked": asked})
             raise asyncssh.ChannelOpenError(
@@ -604,7 +612,16 @@ class _SshConnection(asyncssh.SSHServer):
         )  # fmt: skip
         reason = "closed"
         try:
-            if service.kind == "imap":
+            if service.kind == "imap-resume":
+                compression = self.conn.get_extra_info("send_compression") if self.conn else None
+                reason = await self.door.resume.serve_channel(
+                    channel,
+                    self.user.name,
+                    self.source,
+                    self.port,
+                    link_compressed=compression not in (None, "none"),
+                )
+            elif service.kind == "imap":
                 compression = self.conn.get_extra_info("send_compression") if self.conn else None
                 await self.door.imap.serve_stream(
                     channel,

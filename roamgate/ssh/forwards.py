@@ -1,6 +1,7 @@
 """Which direct-tcpip destinations a user may open: named services only, everything else refused.
 
-A client asks for `imap` (roamgate's own IMAP proxy), `submission` (the corporate submission
+A client asks for `imap` (roamgate's own IMAP proxy; `imap-resume`: the same as a resumable
+stream), `submission` (the corporate submission
 server) or a forward from the config, by its name (`-L 8080:wiki:80`, any port) or by its exact
 target (`-L 8080:10.0.0.5:80`) if the forward names the user. Nothing else, not even the
 upstream IMAP server's own address, is reachable: the gateway is no general-purpose tunnel.
@@ -15,6 +16,8 @@ from typing import Literal
 from roamgate.config import SshForward
 
 IMAP = "imap"
+# The same IMAP proxy as a resumable stream (roamgate.resume framing; see gateway/resumable.py).
+IMAP_RESUME = "imap-resume"
 SUBMISSION = "submission"
 
 
@@ -23,7 +26,7 @@ class Service:
     """Where an allowed channel goes."""
 
     name: str
-    kind: Literal["imap", "tcp"]
+    kind: Literal["imap", "imap-resume", "tcp"]
     host: str = ""
     port: int = 0
 
@@ -53,6 +56,8 @@ def resolve(
     name = dest_host.strip().lower()
     if name == IMAP:
         return Service(IMAP, "imap")
+    if name == IMAP_RESUME:
+        return Service(IMAP_RESUME, "imap-resume")
     if name == SUBMISSION:
         if submission is None:
             return Refusal("submission_not_configured")

@@ -1,0 +1,1 @@
+"""Sans-IO resumable streams: framing, byte offsets and acknowledgements, the resume handshake."""
