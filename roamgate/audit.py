@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -20,6 +21,10 @@ log = logging.getLogger("roamgate.audit")
 FORBIDDEN_DETAIL_KEYS = frozenset(
     {"password", "passwd", "code", "otp", "secret", "token_secret", "backup_code", "passphrase"}
 )
+
+
+class AuditUnavailable(Exception):
+    """An event that must be on record (a successful login) reached not every sink."""
 
 
 class Auditor:
@@ -46,7 +51,14 @@ class Auditor:
         reason: str | None = None,
         actor: str | None = None,
         detail: Mapping[str, JsonValue] | None = None,
+        required: bool = False,
     ) -> AuditRecord:
+        """Store the event and append it to the file; a failing sink is logged, not raised.
+
+        required: the caller must not go on unless the event is in the store and in the file
+        (if one is configured): AuditUnavailable is raised otherwise. A login is refused when
+        its success cannot be recorded, so that nobody gets in unaudited (a full disk, say).
+        """
         detail = dict(detail or {})
         leaked = FORBIDDEN_DETAIL_KEYS.intersection(k.lower() for k in detail)
         if leaked:
@@ -71,28 +83,38 @@ class Auditor:
             log.error("audit event not stored: %s", exc)
             record_id = None
         stored = AuditRecord(**{**record.__dict__, "id": record_id})
-        self._append_line(stored)
+        written = self._append_line(stored)
         for listener in self.listeners:
             try:
                 listener(stored)
             except Exception:  # a listener's bug must not lose the login's answer
                 log.exception("audit listener failed")
+        if required and (record_id is None or not written):
+            raise AuditUnavailable(f"audit event {kind} could not be recorded")
         return stored
 
-    def _append_line(self, record: AuditRecord) -> None:
+    def _append_line(self, record: AuditRecord) -> bool:
         if self.file is None:
-            return
+            return True
         line = json.dumps(to_json(record), sort_keys=True, ensure_ascii=False) + "\n"
         try:
             # O_APPEND with one write per line keeps lines whole when serve and the CLI
             # append to the same file; 0600 because the trail names users and addresses.
             fd = os.open(self.file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
-                os.write(fd, line.encode("utf-8"))
+                data = line.encode("utf-8")
+                written = os.write(fd, data)
+                if written != len(data):
+                    # A full disk takes part of the line: cut it off again, or every later
+                    # line would be glued to a broken one (found by tests/gateway/test_faults).
+                    os.ftruncate(fd, os.lseek(fd, 0, os.SEEK_CUR) - written)
+                    raise OSError(errno.ENOSPC, "short write (disk full?)")
             finally:
                 os.close(fd)
         except OSError as exc:
             log.error("audit file %s not written: %s", self.file, exc.strerror)
+            return False
+        return True
 
 
 def to_json(record: AuditRecord) -> dict[str, JsonValue | dict[str, JsonValue]]:

@@ -8,8 +8,9 @@ set -euo pipefail
 # haproxy: the load balancer sending PROXY headers; systemd: systemd-analyze checks deploy/systemd;
 # chromium (driven by Playwright) and zbar-tools (zbarimg): the web enrollment walk-through;
 # postfix: the upstream submission server behind the submission door (a private instance);
-# postgresql: the database several gateway nodes share (tests run a private cluster as nobody).
-want=(dovecot-imapd oathtool openssl openssh-client openssh-server mutt haproxy systemd chromium zbar-tools postfix postgresql)
+# postgresql: the database several gateway nodes share (tests run a private cluster as nobody);
+# testssl.sh: the independent TLS audit of the TLS doors (tests/gateway/test_tls_audit.py).
+want=(dovecot-imapd oathtool openssl openssh-client openssh-server mutt haproxy systemd chromium zbar-tools postfix postgresql testssl.sh)
 missing=()
 for pkg in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

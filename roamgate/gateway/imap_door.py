@@ -47,7 +47,10 @@ log = logging.getLogger("roamgate.imap")
 
 # Before login a client needs short lines only (LOGIN, ID, AUTHENTICATE PLAIN): small caps keep
 # an unauthenticated peer from making the gateway hold much.
-PRELOGIN_LIMITS = Limits(max_line=8 * KIB, max_literal=4 * KIB, max_depth=4)
+# An oversized `{n+}` literal ends the connection instead of being read and thrown away.
+PRELOGIN_LIMITS = Limits(
+    max_line=8 * KIB, max_literal=4 * KIB, max_depth=4, skip_oversized_nonsync=False
+)
 PRELOGIN_LITERAL_TOTAL = 8 * KIB
 # ID keys the gateway sets itself; a client must not forge its own address upstream.
 _RESERVED_ID_PREFIX = "x-"
@@ -639,8 +642,8 @@ class _Connection:
         verifier: PasswordVerifier = session_verifier if direct else remembering
         result: LoginResult | None = None
         upstream: UpstreamImap | None = None
-        login = await self._login_name(action.user)
         try:
+            login = await self._login_name(action.user)
             if login.unknown_suffix is not None:
                 result = await self._refuse_unknown_profile(login)
             elif self.tunnel_user is not None:
@@ -675,6 +678,13 @@ class _Connection:
                     upstream = await self._upstream_login(result.user, remembering.password)
                 if upstream is None:
                     result = LoginResult(False, "upstream_login_failed", temporary=True)
+        except StoreError as exc:
+            # Fail closed with a temporary NO: the store (locks, codes, windows) decides logins.
+            log.error("login of %s not decided: %s", action.user[:128], exc)
+            result = LoginResult(False, "store_unavailable", temporary=True)
+            if upstream is not None:
+                await upstream.close()
+                upstream = None
         finally:
             await session_verifier.discard()
         if not result.ok or upstream is None or result.user is None:
@@ -822,6 +832,11 @@ class _Connection:
                 },
             )
             reason = await self._watch(relay, relay_task, session_id)
+        except StoreError as exc:
+            # The session cannot be recorded or watched (revocations): end it, fail closed.
+            log.error("session %s of %s ended: %s", session_id, user.name, exc)
+            reason = "store_unavailable"
+            await relay.end(b"Server unavailable, try again later.")
         except asyncio.CancelledError:
             reason = "server_shutdown"
             await relay.end(b"Server shutting down.")
@@ -833,7 +848,12 @@ class _Connection:
                 await relay_task
             await upstream.close()
             now = rt.clock()
-            await rt.store.close_session(session_id, now, reason, relay.bytes_in, relay.bytes_out)
+            try:
+                await rt.store.close_session(
+                    session_id, now, reason, relay.bytes_in, relay.bytes_out
+                )
+            except StoreError as exc:
+                log.error("session %s not closed in the store: %s", session_id, exc)
             await rt.auditor.record(
                 "session_close",
                 "ok",

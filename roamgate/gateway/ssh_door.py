@@ -293,6 +293,7 @@ class _SshConnection(asyncssh.SSHServer):
         self._channels: set[Counted] = set()
         self.no_channels = asyncio.Event()  # a draining shutdown waits for it
         self.no_channels.set()
+        self._starting = 0  # channels accepted whose handler has not run yet
         self.bytes_in = 0  # of channels already closed
         self.bytes_out = 0
         self._watch: asyncio.Task[None] | None = None
@@ -422,6 +423,13 @@ class _SshConnection(asyncssh.SSHServer):
     async def _registered_key(self, username: str) -> str | None:
         if not self._proven_keys:
             return None
+        try:
+            return await self._find_registered_key(username)
+        except StoreError as exc:
+            log.error("ssh keys of %s not read: %s", username[:128], exc)
+            return None  # the password is asked instead; its check fails closed
+
+    async def _find_registered_key(self, username: str) -> str | None:
         user = await self.rt.store.get_user(username)
         if user is None:
             return None
@@ -436,7 +444,16 @@ class _SshConnection(asyncssh.SSHServer):
             return await self._decided(
                 username, LoginResult(False, "malformed_answer"), began, audit_malformed=True
             )
-        answer = responses[0]
+        try:
+            return await self._answer(username, responses[0], began)
+        except StoreError as exc:
+            # Fail closed, nothing counted: the store (locks, codes, windows) decides logins.
+            log.error("ssh login of %s not decided: %s", username[:128], exc)
+            self._password = None
+            result = LoginResult(False, "store_unavailable", temporary=True)
+            return await self._decided(username, result, began)
+
+    async def _answer(self, username: str, answer: str, began: float) -> bool | Challenge:
         auth = self.rt.authenticator
         step, self._step = self._step, ""
         source, door = self.source, self.door.name
@@ -683,15 +700,19 @@ class _SshConnection(asyncssh.SSHServer):
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "Forwarding there is not allowed"
             )
-        if len(self._channels) >= self.settings.max_channels_per_connection:
+        # Channels accepted but whose handler has not started yet count too: a client opening
+        # a hundred at once would otherwise get them all before the first one is registered.
+        if len(self._channels) + self._starting >= self.settings.max_channels_per_connection:
             self._audit(
                 "forward_refused", "fail", reason="too_many_channels", detail={"asked": asked}
             )
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_RESOURCE_SHORTAGE, "Too many channels")
+        self._starting += 1
 
         async def handler(
             reader: asyncssh.SSHReader[bytes], writer: asyncssh.SSHWriter[bytes]
         ) -> None:
+            self._starting -= 1  # _forward registers the channel before it first awaits
             await self._forward(target, asked, Counted(reader, writer))
 
         return handler

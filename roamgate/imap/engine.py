@@ -226,6 +226,9 @@ class ParserEngine:
             # A literal we cannot count: the next line cannot be found.
             self._queue.append(self._fatal(ErrorKind.BAD_LITERAL, errors.INVALID_LITERAL_SIZE))
             return
+        if not self.limits.skip_oversized_nonsync and size > self.limits.nonsync_literal_cap:
+            self._queue.append(self._fatal(ErrorKind.LITERAL_TOO_LARGE, errors.LITERAL_TOO_LARGE))
+            return
         self._remaining = size
         self._state = _State.SKIP_LITERAL
 

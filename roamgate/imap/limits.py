@@ -33,6 +33,10 @@ class Limits:
     max_chunk: int = 64 * KIB
     # NUL may only travel in literal8 (RFC 3516); a lenient upstream side may switch this off.
     reject_nul_in_literal: bool = True
+    # A non-synchronising literal over its cap is counted out (skipped) and reported, as RFC 7888
+    # allows; False makes it fatal at once, so an unauthenticated client cannot make the gateway
+    # read and discard gigabytes announced by one `{n+}` (the pre-login caps set this).
+    skip_oversized_nonsync: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_line", "max_literal", "max_depth", "max_chunk"):

@@ -8,18 +8,21 @@ peer never sees: every failure looks the same from outside.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from roamgate.audit import Auditor
+from roamgate.audit import Auditor, AuditUnavailable
 from roamgate.auth.credentials import split_candidates
 from roamgate.login.second_factor import FactorResult, SecondFactor
 from roamgate.login.throttle import Throttle
 from roamgate.login.verifiers import Outcome, PasswordVerifier
 from roamgate.store.base import JsonValue, Store, TravelWindow, UserRecord
+
+log = logging.getLogger("roamgate.login")
 
 
 @dataclass(frozen=True)
@@ -329,15 +332,31 @@ class Authenticator:
                 )
         await self.throttle.success(user.name)
         detail["verifier"] = self.verifier.name
-        await self.auditor.record(
-            "auth",
-            "ok",
-            user=user.name,
-            source=source,
-            door=door,
-            factor=f"{first}+{factor}",
-            detail=detail,
-        )
+        try:
+            await self.auditor.record(
+                "auth",
+                "ok",
+                user=user.name,
+                source=source,
+                door=door,
+                factor=f"{first}+{factor}",
+                detail=detail,
+                required=True,
+            )
+        except AuditUnavailable:
+            # Fail closed: nobody gets in while the trail cannot say so. Not the user's
+            # fault, so nothing is counted; the client is told to try again later.
+            log.error("login of %s refused: the audit trail cannot be written", user.name)
+            await self.auditor.record(
+                "auth",
+                "error",
+                user=user.name,
+                source=source,
+                door=door,
+                factor=f"{first}+{factor}",
+                reason="audit_unavailable",
+            )
+            return LoginResult(False, "audit_unavailable", user, factor, temporary=True)
         return LoginResult(True, "ok", user, factor, window=window)
 
     async def _refuse(

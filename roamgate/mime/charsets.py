@@ -98,6 +98,15 @@ _HIGH_BIT = bytes(range(128, 256)) * 2  # maps 0x21..0x7E to 0xA1..0xFE for an E
 
 def decode_text(data: bytes, charset: str | None) -> str:
     """Decode a transfer-decoded MIME text body; bad bytes become U+FFFD, nothing raises."""
+    # UTF-7 (and any codec that speaks in UTF-16 units) can yield a lone surrogate, which no
+    # UTF-8 encoder takes: it becomes U+FFFD too (found by bench/fuzz_mime.py).
+    return _SURROGATE.sub("\ufffd", _decode(data, charset))
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _decode(data: bytes, charset: str | None) -> str:
     label = _label(charset)
     if label in _ISO2022JP_LABELS:
         if _ESC not in data and any(b >= 0x80 for b in data):

@@ -42,7 +42,8 @@ LINE_CAP = 8 * 1024  # longer lines are handled in fragments (they are never bou
 HEADER_CAP = 64 * 1024
 MAX_DEPTH = 12
 _CRLF = b"\r\n"
-_MAX_8BIT_LINE = 998  # RFC 5322 2.1.1: longer lines go quoted-printable
+_MAX_8BIT_LINE = 998
+_WORD_SLACK = 64  # a short field re-encoded may gain a charset label and a fold  # RFC 5322 2.1.1: longer lines go quoted-printable
 
 
 @dataclass(frozen=True)
@@ -683,7 +684,11 @@ def _utf8_words(header: bytes) -> bytes:
             value = field_[colon + 1 :].decode("ascii", "replace").strip()
             converted = charsets.header_to_utf8(value).replace("\r\n", "\n")
             folded = converted.replace("\n", "\r\n").encode("ascii", "replace")
-            out += field_[: colon + 1] + b" " + folded + _CRLF
+            rewritten = field_[: colon + 1] + b" " + folded + _CRLF
+            # Raw 8-bit bytes beside an encoded word become one replacement character each,
+            # over four bytes once encoded again: such a field keeps its own bytes instead, so
+            # a hostile header cannot blow up the rendition (it stays within twice the input).
+            out += rewritten if len(rewritten) <= 2 * len(field_) + _WORD_SLACK else field_
         else:
             out += field_
     return bytes(out)

@@ -97,6 +97,24 @@ def test_nonsync_literal_over_the_cap_is_skipped_then_reported() -> None:
     ]
 
 
+def test_an_oversized_nonsync_literal_can_be_fatal_instead_of_skipped() -> None:
+    # Found by bench/hostile_clients.py: before login the gateway read and discarded a 2 GB
+    # `{2000000000+}` literal (7 s of CPU) before it answered.
+    limits = Limits(max_literal=1000, skip_oversized_nonsync=False)
+    parser = CommandParser(limits)
+    parser.receive_data(b"A1 LOGIN bob {2000000000+}\r\n" + b"x" * 5000)
+    assert parser.next_event() == error(
+        ErrorKind.LITERAL_TOO_LARGE, "Literal too large", fatal=True, tag=b"A1"
+    )
+    # Within the cap, or a failed line whose small literal must be counted out: as before.
+    assert (
+        commands(b"A1 LOGIN {3+}\r\nbob x\r\nA2 X (\x00 {2+}\r\nab\r\nZ9 NOOP\r\n", limits)[
+            -len(NOOP) :
+        ]
+        == NOOP
+    )
+
+
 def test_literal_minus_caps_nonsync_literals_only() -> None:
     limits = Limits(max_nonsync_literal=4096)
     big = b"x" * 4097

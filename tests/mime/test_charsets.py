@@ -268,3 +268,11 @@ def test_headers_are_linear() -> None:
         started = time.perf_counter()
         header_to_utf8(hostile)
         assert time.perf_counter() - started < 5
+
+
+def test_a_lone_surrogate_from_utf7_becomes_a_replacement_character() -> None:
+    # Found by bench/fuzz_mime.py: `+2MI-` is a lone UTF-16 surrogate in UTF-7, which made the
+    # renderer's UTF-8 encode fail (its last-resort net then copied the rest unchanged).
+    text = decode_text(b"a+2MI-b", "utf-7")
+    assert text == "a\ufffdb"
+    assert text.encode("utf-8") == b"a\xef\xbf\xbdb"

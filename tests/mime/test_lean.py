@@ -401,3 +401,25 @@ def test_every_later_alternative_goes_once_the_plain_text_is_kept() -> None:
     out, r = render(original, BUILTIN_PROFILES["isdn"])
     assert r.report.dropped == ["2"]
     assert b"plain words" in out and b"html words" not in out and len(out) < 500
+
+
+def test_raw_bytes_beside_an_encoded_word_do_not_blow_up_a_pda_header() -> None:
+    # Found by bench/fuzz_mime.py: each raw byte became a replacement character, four bytes
+    # and more once encoded again, so a 11 KB message grew to a 26 KB rendition.
+    subject = b"Subject: =?iso-2022-jp?B?GyRCJEskWxsoQg==?= " + b"\xff" * 4000 + b"\r\n"
+    original = b"From: a@kestrel.example\r\n" + subject + b"\r\nhello\r\n"
+    out, r = render(original, PDA)
+    assert not r.report.copied_rest
+    assert len(out) <= 2 * len(original)
+    assert out.endswith(b"\r\n\r\nhello\r\n")
+    # A well-formed ISO-2022-JP subject is still re-encoded as UTF-8.
+    out, _ = render(b"Subject: =?iso-2022-jp?B?GyRCJEskWxsoQg==?=\r\n\r\nhi\r\n", PDA)
+    assert b"=?UTF-8?" in out.upper() or b"=?utf-8?" in out
+
+
+def test_a_utf7_text_with_a_lone_surrogate_is_rendered_not_copied() -> None:
+    body = b"+2MI-" + b"word " * 4000
+    original = b"From: a@kestrel.example\r\nContent-Type: text/plain; charset=utf-7\r\n\r\n" + body
+    out, r = render(original)
+    assert not r.report.copied_rest
+    assert r.report.truncated and len(out) < 10_000
