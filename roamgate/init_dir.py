@@ -282,7 +282,12 @@ async def init_directory(o: InitOptions) -> InitReport:
 
     ca_key, ca_cert = pki.make_ca(o.hostname)
     extra = [o.listen_host] if o.listen_host not in ("0.0.0.0", "::") else []  # noqa: S104
-    server_key, server_cert = pki.issue_server_cert(ca_key, ca_cert, o.hostname, extra)
+    # The web door publishes the CA's CRL (DER at /crl.der): the certificate says where.
+    host = f"[{o.hostname}]" if ":" in o.hostname else o.hostname
+    crl_url = f"https://{host}:{o.web_port}/crl.der"
+    server_key, server_cert = pki.issue_server_cert(
+        ca_key, ca_cert, o.hostname, extra, crl_url=crl_url
+    )
     for name, data, private in (
         (f"{TLS_DIR}/ca.pem", pki.cert_pem(ca_cert), False),
         (f"{TLS_DIR}/ca.key", pki.key_pem(ca_key), True),

@@ -68,8 +68,13 @@ def issue_server_cert(
     ca_cert: x509.Certificate,
     hostname: str,
     extra_names: list[str],
+    crl_url: str | None = None,
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """A TLS server certificate for the gateway's name, localhost and any listen addresses."""
+    """A TLS server certificate for the gateway's name, localhost and any listen addresses.
+
+    crl_url names where the CA's CRL is published (the web door's /crl.der), so a client or
+    scanner that checks revocation finds it.
+    """
     key = ec.generate_private_key(ec.SECP256R1())
     sans: list[x509.GeneralName] = []
     seen: set[str] = set()
@@ -82,7 +87,7 @@ def issue_server_cert(
         except ValueError:
             sans.append(x509.DNSName(name))
     now = _now()
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname[:64])]))
         .issuer_name(ca_cert.subject)
@@ -97,9 +102,11 @@ def issue_server_cert(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
             critical=False,
         )
-        .sign(ca_key, hashes.SHA256())
     )
-    return key, cert
+    if crl_url is not None:
+        point = x509.DistributionPoint([x509.UniformResourceIdentifier(crl_url)], None, None, None)
+        builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
+    return key, builder.sign(ca_key, hashes.SHA256())
 
 
 def issue_client_cert(

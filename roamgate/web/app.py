@@ -11,6 +11,8 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from roamgate.config import Listener
 from roamgate.devices import DeviceError, build_crl
@@ -68,6 +70,18 @@ async def crl_pem(request: web.Request) -> web.Response:
     except DeviceError:
         raise web.HTTPNotFound(reason="No CRL") from None
     return web.Response(body=data, content_type="application/x-pem-file")
+
+
+@routes.get("/crl.der")
+async def crl_der(request: web.Request) -> web.Response:
+    """The CRL in DER, as RFC 5280 4.2.1.13 wants at the URI the server certificate names."""
+    rt = request.app[RT]
+    try:
+        data = await build_crl(rt.config, rt.store, rt.clock())
+    except DeviceError:
+        raise web.HTTPNotFound(reason="No CRL") from None
+    der = x509.load_pem_x509_crl(data).public_bytes(serialization.Encoding.DER)
+    return web.Response(body=der, content_type="application/pkix-crl")
 
 
 @routes.get("/enroll/")

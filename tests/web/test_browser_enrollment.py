@@ -348,6 +348,13 @@ def test_enrollment_admin_and_revocation_in_a_real_browser(
     assert NEW_USER in (page.text_content("#users") or "")
     published = x509.load_pem_x509_crl(page.request.get(base + "/crl.pem").body())
     assert published.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
+    # The same CRL in DER where the server certificate's CRL distribution point says.
+    server_cert = x509.load_pem_x509_certificate((gw.dir / "tls" / "server.pem").read_bytes())
+    points = server_cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    crl_uri = points[0].full_name[0].value
+    assert crl_uri.endswith("/crl.der")
+    der = x509.load_der_x509_crl(page.request.get(base + "/crl.der").body())
+    assert der.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
     headers = page.request.get(base + "/admin").headers
     assert headers["content-security-policy"].startswith("default-src 'self'")
     assert headers["x-frame-options"] == "DENY" and headers["cache-control"] == "no-store"
