@@ -60,7 +60,8 @@ def test_openssh_tunnel_with_password_and_code_then_imap_with_the_password_alone
         first = parts[0]
         assert isinstance(first, tuple) and b"via ssh" in first[1]
         client.logout()
-    _wait_for(lambda: _events(ssh_gw, "session_close", "bob"))
+    # The tunnelled IMAP session closes first; the SSH session's record comes when ssh exits.
+    _wait_for(lambda: [e for e in _events(ssh_gw, "session_close", "bob") if e["door"] == "ssh"])
     auth = _events(ssh_gw, "auth", "bob")
     assert [(e["result"], e["door"], e["factor"]) for e in auth][:1] == [
         ("ok", "ssh", "password+hotp")
