@@ -36,6 +36,9 @@ class Throttle:
         self.store = store
         self.auditor = auditor
         self.clock = clock
+        # Told the user's name at each failure counted against them (the password cache
+        # forgets them); must not block or raise.
+        self.user_failure_listeners: list[Callable[[str], None]] = []
         self.apply(settings)
 
     def apply(self, settings: Lockout) -> None:
@@ -70,6 +73,8 @@ class Throttle:
         """Count a failed attempt against the user (if they exist) and the source network."""
         now = self.clock()
         if user is not None:
+            for listener in self.user_failure_listeners:
+                listener(user)
             rec = await self.store.record_failure("user", user, now)
             await self._maybe_lock(rec, self.user_policy, now, user, source, door)
         if source is not None:
