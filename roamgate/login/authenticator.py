@@ -17,6 +17,7 @@ from typing import Protocol
 
 from roamgate.audit import Auditor, AuditUnavailable
 from roamgate.auth.credentials import split_candidates
+from roamgate.login.password_cache import last_lookup, reset_lookup
 from roamgate.login.second_factor import FactorResult, SecondFactor
 from roamgate.login.throttle import Throttle
 from roamgate.login.verifiers import Outcome, PasswordVerifier
@@ -238,6 +239,7 @@ class Authenticator:
     async def _admit(
         self, username: str, source: str, door: str
     ) -> tuple[UserRecord | None, LoginResult]:
+        reset_lookup()
         lock = await self.throttle.check(username, source)
         if lock is not None:
             refused = await self._refuse(
@@ -332,6 +334,10 @@ class Authenticator:
                 )
         await self.throttle.success(user.name)
         detail["verifier"] = self.verifier.name
+        cached = last_lookup()
+        if cached is not None:
+            # Whether this login paid scrypt or was accepted from the verified-password cache.
+            detail["password_cache"] = cached
         try:
             await self.auditor.record(
                 "auth",

@@ -29,10 +29,24 @@ import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from roamgate.login.verifiers import Outcome, PasswordVerifier
 from roamgate.store.base import UserRecord
+
+# What the last password check of this task (one connection's login) did: "hit", "miss", or
+# None (no cache involved). The authenticator puts it in the login's audit event.
+_LAST_LOOKUP: ContextVar[str | None] = ContextVar("password_cache_lookup", default=None)
+
+
+def last_lookup() -> str | None:
+    """ "hit" or "miss" for the latest cached password check in this task, else None."""
+    return _LAST_LOOKUP.get()
+
+
+def reset_lookup() -> None:
+    _LAST_LOOKUP.set(None)
 
 
 @dataclass(frozen=True)
@@ -84,10 +98,12 @@ class PasswordCache:
             if hmac.compare_digest(entry.digest, digest):
                 self._entries.move_to_end(user.name)
                 self.hits += 1
+                _LAST_LOOKUP.set("hit")
                 return Outcome.ACCEPTED
         elif entry is not None:
             del self._entries[user.name]  # expired
         self.misses += 1
+        _LAST_LOOKUP.set("miss")
         outcome = await self.inner.verify(user, password)
         if outcome is Outcome.ACCEPTED:
             self._entries[user.name] = _Entry(digest, self.clock() + self.seconds)
