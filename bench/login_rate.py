@@ -199,10 +199,14 @@ def _start(config: Path, profile: Path | None, pyspy: Path | None) -> subprocess
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
-    with contextlib.suppress(OSError):  # under py-spy: its child is the gateway
-        for child in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split():
-            os.kill(int(child), signal.SIGTERM)
+    children: list[str] = []
+    if os.environ.get("BENCH_PYSPY"):  # py-spy writes its profile when the gateway ends
+        with contextlib.suppress(OSError):
+            children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    for child in children:
+        os.kill(int(child), signal.SIGTERM)
+    if not children:
+        process.send_signal(signal.SIGTERM)
     try:
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:
