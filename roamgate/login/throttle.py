@@ -58,16 +58,20 @@ class Throttle:
 
     async def check(self, user: str | None, source: str | None) -> LockState | None:
         """The lock that refuses this attempt, if any (source first: it covers every user)."""
+        return (await self.admit(user, source))[0]
+
+    async def admit(self, user: str | None, source: str | None) -> tuple[LockState | None, bool]:
+        """check(), and whether the user has failures on record (a success must clear them)."""
         now = self.clock()
-        if source is not None:
-            rec = await self.store.get_throttle("source", source_key(source))
+        # One store read for both (a login's first question, asked at every login).
+        by_user, by_source = await self.store.get_login_throttles(
+            user, source_key(source) if source is not None else None
+        )
+        on_record = by_user is not None
+        for rec in (by_source, by_user):
             if rec is not None and is_locked(rec.locked_until, rec.hard_locked, now):
-                return _state(rec)
-        if user is not None:
-            rec = await self.store.get_throttle("user", user)
-            if rec is not None and is_locked(rec.locked_until, rec.hard_locked, now):
-                return _state(rec)
-        return None
+                return _state(rec), on_record
+        return None, on_record
 
     async def failure(self, user: str | None, source: str | None, door: str | None) -> None:
         """Count a failed attempt against the user (if they exist) and the source network."""
