@@ -95,14 +95,17 @@ async def prepared_upstream(
     conn = await pool.take()
     try:
         if conn.has("ID"):
-            await asyncio.wait_for(conn.send_id(client_id), pool.server.timeout_seconds)
+            # asyncio.timeout, not wait_for: no extra task per call (this runs at every login).
+            async with asyncio.timeout(pool.server.timeout_seconds):
+                await conn.send_id(client_id)
         return conn
     except (UpstreamError, TimeoutError, OSError, ssl.SSLError):
         await conn.close()
     conn = await UpstreamImap.connect(pool.server)
     try:
         if conn.has("ID"):
-            await asyncio.wait_for(conn.send_id(client_id), pool.server.timeout_seconds)
+            async with asyncio.timeout(pool.server.timeout_seconds):
+                await conn.send_id(client_id)
     except BaseException:
         await conn.close()
         raise
@@ -133,9 +136,8 @@ class _SessionVerifier:
         try:
             if self.conn is None:
                 self.conn = await prepared_upstream(self.pool, self.client_id)
-            outcome = await asyncio.wait_for(
-                self.conn.login(user.name, password), server.timeout_seconds
-            )
+            async with asyncio.timeout(server.timeout_seconds):
+                outcome = await self.conn.login(user.name, password)
         except (UpstreamError, TimeoutError, OSError, ssl.SSLError) as exc:
             log.warning("upstream login for %s failed: %s", user.name, _reason(exc))
             await self.discard()
@@ -746,9 +748,8 @@ class _Connection:
         conn: UpstreamImap | None = None
         try:
             conn = await prepared_upstream(self.door.pool, self._id_for_upstream())
-            outcome = await asyncio.wait_for(
-                conn.login(login_name, login_password), server.timeout_seconds
-            )
+            async with asyncio.timeout(server.timeout_seconds):
+                outcome = await conn.login(login_name, login_password)
         except (UpstreamError, TimeoutError, OSError, ssl.SSLError) as exc:
             log.warning("upstream session for %s failed: %s", user.name, _reason(exc))
             outcome = Outcome.UNAVAILABLE

@@ -65,7 +65,8 @@ class UpstreamImap:
     @classmethod
     async def connect(cls, server: UpstreamServer) -> UpstreamImap:
         try:
-            return await asyncio.wait_for(cls._connect(server), server.timeout_seconds)
+            async with asyncio.timeout(server.timeout_seconds):
+                return await cls._connect(server)
         except TimeoutError:
             raise UpstreamError(
                 f"{server.host}:{server.port}: no answer within {server.timeout_seconds} s"

@@ -158,6 +158,11 @@ class SqliteStore(Store):
         """Execute one statement; return the number of rows changed."""
         return (await self._execute(sql, params, rows=False))[1]
 
+    async def _write(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """A write whose changed-row count nobody needs: one trip, not _run's two. (Writes on
+        a login's path that need the count say RETURNING and count the rows.)"""
+        await self._execute(sql, params)
+
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[None]:
         async with self._lock:
@@ -341,12 +346,12 @@ class SqliteStore(Store):
         return n == 1
 
     async def advance_token_state(self, token_id: str, new_state: int, now: float) -> bool:
-        n = await self._run(
+        rows = await self._all(
             "UPDATE tokens SET state = ?, last_used_at = ? WHERE id = ? AND revoked_at IS NULL"
-            " AND (state IS NULL OR state < ?)",
+            " AND (state IS NULL OR state < ?) RETURNING id",
             (new_state, now, token_id, new_state),
         )
-        return n == 1
+        return len(rows) == 1
 
     # -- backup codes
     async def replace_backup_codes(
@@ -428,8 +433,10 @@ class SqliteStore(Store):
         )
 
     async def clear_throttle(self, scope: ThrottleScope, key: str) -> bool:
-        n = await self._run("DELETE FROM throttle WHERE scope = ? AND key = ?", (scope, key))
-        return n == 1
+        rows = await self._all(
+            "DELETE FROM throttle WHERE scope = ? AND key = ? RETURNING key", (scope, key)
+        )
+        return len(rows) == 1
 
     async def list_throttles(self, scope: ThrottleScope | None = None) -> list[ThrottleRecord]:
         if scope is None:
@@ -599,7 +606,7 @@ class SqliteStore(Store):
     # -- sessions
     async def open_session(self, session: SessionRecord) -> None:
         try:
-            await self._run(
+            await self._write(
                 f"INSERT INTO sessions ({_SESSION_COLS}) VALUES"
                 " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -628,7 +635,7 @@ class SqliteStore(Store):
     async def touch_session(
         self, session_id: str, now: float, bytes_in: int, bytes_out: int
     ) -> None:
-        await self._run(
+        await self._write(
             "UPDATE sessions SET last_seen_at = ?, bytes_in = ?, bytes_out = ?"
             " WHERE id = ? AND ended_at IS NULL",
             (now, bytes_in, bytes_out, session_id),
@@ -637,12 +644,12 @@ class SqliteStore(Store):
     async def close_session(
         self, session_id: str, now: float, reason: str, bytes_in: int, bytes_out: int
     ) -> bool:
-        n = await self._run(
+        rows = await self._all(
             "UPDATE sessions SET ended_at = ?, last_seen_at = ?, end_reason = ?, bytes_in = ?,"
-            " bytes_out = ? WHERE id = ? AND ended_at IS NULL",
+            " bytes_out = ? WHERE id = ? AND ended_at IS NULL RETURNING id",
             (now, now, reason, bytes_in, bytes_out, session_id),
         )
-        return n == 1
+        return len(rows) == 1
 
     async def request_session_end(self, session_id: str, now: float) -> bool:
         n = await self._run(
