@@ -2,7 +2,7 @@
 
     python -m bench.login_rate [--logins 300] [--clients 16] [--scrypt-ln 15,10]
                                [--stores sqlite,postgresql] [--nodes 1,2] [--cache cold,warm]
-                               [--dovecot performance|stock]
+                               [--dovecot performance|stock] [--spares N]
 
 One login is what a road user's mail client does: TCP connect, TLS handshake (no session
 resumption), `LOGIN user password+code`, `LOGOUT`. The password verifier is `local` (scrypt
@@ -23,6 +23,8 @@ core (one node process runs one event loop: one core, plus scrypt in worker thre
 --dovecot: `performance` (the default) sets the private Dovecot up as an operator would for
 many logins (long-lived imap-login processes, reused imap processes, Dovecot's auth cache);
 `stock` leaves Dovecot's default of a new process per login, as the tests run it.
+--spares sets imap_proxy.upstream_spares (upstream connections made ahead of logins): it moves
+the upstream connect out of a login's wait, not its CPU.
 
 Bounded: each scenario makes exactly --logins logins. Prints figures; asserts nothing about
 speed. Set BENCH_PROFILE=DIR to run each node under cProfile (DIR/node-<store>-<n>-<i>.prof),
@@ -162,6 +164,14 @@ async def _add_accounts(config: Path, dovecot_users: dict[str, str], log2_n: int
             enrolled = await rt.second_factor.enroll(user, "hotp")
             accounts.append(Account(name, password, pyotp.HOTP(enrolled.secret)))
     return accounts
+
+
+def _set_spares(config: Path, spares: int | None) -> None:
+    """imap_proxy.upstream_spares for this run (None: the default)."""
+    text = re.sub(r"(?m)^  upstream_spares: \d+\n", "", config.read_text())
+    if spares is not None:
+        text = text.replace("imap_proxy:\n", f"imap_proxy:\n  upstream_spares: {spares}\n", 1)
+    config.write_text(text)
 
 
 def _set_cache(config: Path, seconds: int) -> None:
@@ -309,6 +319,7 @@ def _scenario(
             profile = Path(profile_dir) / f"{name}.prof" if profile_dir else None
             pyspy = Path(pyspy_dir) / f"{name}.txt" if pyspy_dir else None
             _set_cache(config, 0 if cache == "cold" else 900)
+            _set_spares(config, args.spares)
             processes.append(_start(config, profile, pyspy))
         ports = []
         for config in configs:
@@ -365,6 +376,9 @@ def main() -> int:
     parser.add_argument("--nodes", default="1,2")
     parser.add_argument("--cache", default="cold,warm", help="cold (cache off), warm (hits)")
     parser.add_argument("--dovecot", choices=("performance", "stock"), default="performance")
+    parser.add_argument(
+        "--spares", type=int, default=None, help="imap_proxy.upstream_spares (default: 2)"
+    )
     args = parser.parse_args()
     if not 1 <= args.clients <= 200 or not 1 <= args.logins <= 100_000:
         parser.error("--clients 1-200, --logins 1-100000")
@@ -375,7 +389,8 @@ def main() -> int:
         f"machine: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, python"
         f" {sys.version.split()[0]}, loopback; {args.clients} clients, TLS + LOGIN"
         f" (local scrypt password + HOTP code) + LOGOUT, upstream login to Dovecot"
-        f" ({args.dovecot} login mode) included"
+        f" ({args.dovecot} login mode) included; upstream_spares"
+        f" {2 if args.spares is None else args.spares}"
     )
     with tempfile.TemporaryDirectory(prefix="roamgate-bench-") as tmp:
         work = Path(tmp)

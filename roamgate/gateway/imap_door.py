@@ -11,6 +11,7 @@ import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from roamgate.callback.waiting import LOGIN_DEVICE, WAITING_CLIENT
 from roamgate.config import Listener
@@ -426,7 +427,8 @@ class ImapDoor:
             wait_closed = getattr(writer, "wait_closed", None)
             if wait_closed is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(wait_closed(), 2)
+                    async with asyncio.timeout(2):
+                        await wait_closed()
 
 
 class _Connection:
@@ -489,12 +491,14 @@ class _Connection:
         if draining.is_set():
             await self._shutdown_before_login()
         read = asyncio.ensure_future(self.reader.read(READ_SIZE))
-        drain = asyncio.ensure_future(draining.wait())
+        # A bare future the door resolves on drain, as _watch does: no task per read.
+        drain: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.door.drain_waiters.add(drain)
+        waiting: set[asyncio.Future[Any]] = {read, drain}
         try:
-            done, _ = await asyncio.wait(
-                {read, drain}, timeout=left, return_when=asyncio.FIRST_COMPLETED
-            )
+            done, _ = await asyncio.wait(waiting, timeout=left, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self.door.drain_waiters.discard(drain)
             drain.cancel()
             if not read.done():
                 read.cancel()

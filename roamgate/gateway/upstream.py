@@ -112,7 +112,8 @@ class UpstreamImap:
     async def close(self) -> None:
         self.writer.close()
         with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
-            await asyncio.wait_for(self.writer.wait_closed(), 2)
+            async with asyncio.timeout(2):
+                await self.writer.wait_closed()
 
     # -- exchanges
     def next_tag(self) -> bytes:
