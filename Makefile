@@ -27,10 +27,10 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 
-# The suite mostly waits on real peers (failure delays, timeouts): `make test PYTEST_WORKERS=3`
-# halves its time on two cores (loadfile keeps each module's shared gateway in one worker), but
-# two SSH door tests still race under it; serial (0) until they are fixed.
-PYTEST_WORKERS ?= 0
+# The suite mostly waits on real peers (failure delays, timeouts), so three xdist workers halve
+# its time on two cores; loadfile keeps each module (and its shared gateway) in one worker.
+# `make test PYTEST_WORKERS=0` runs it serially.
+PYTEST_WORKERS ?= 3
 
 pytest: venv peers
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
