@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import ldap
 import ldap.dn
@@ -101,8 +103,7 @@ class DirectoryConnection:
                 conn.start_tls_s()
         except ldap.SERVER_DOWN as exc:
             self.close()
-            cause = "tls" if _is_tls_failure(exc) else "unreachable"
-            raise DirectoryError(cause, f"{s.url}: {_describe(exc)}") from None
+            raise _down(s, exc) from None
         except ldap.LDAPError as exc:
             self.close()
             raise DirectoryError("tls", f"{s.url}: StartTLS failed: {_describe(exc)}") from None
@@ -118,8 +119,7 @@ class DirectoryConnection:
             ) from None
         except ldap.SERVER_DOWN as exc:
             self.close()
-            cause = "tls" if _is_tls_failure(exc) else "unreachable"
-            raise DirectoryError(cause, f"{s.url}: {_describe(exc)}") from None
+            raise _down(s, exc) from None
         except ldap.LDAPError as exc:
             self.close()
             raise DirectoryError("service_bind", f"{s.url}: {_describe(exc)}") from None
@@ -376,14 +376,33 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _is_tls_failure(exc: BaseException) -> bool:
-    text = _describe(exc).lower()
-    return any(w in text for w in ("certificate", "tls", "ssl", "handshake", "verif"))
+def _down(s: LdapSettings, exc: BaseException) -> DirectoryError:
+    """Tell a refused TLS handshake from a directory that is not there.
+
+    libldap built with GnuTLS (Debian) reports an untrusted certificate as "Can't contact
+    LDAP server (unknown error code)", like a closed port; a TCP connection that opens
+    where the LDAP session could not is what gives the TLS failure away.
+    """
+    text = _describe(exc)
+    if any(w in text.lower() for w in ("certificate", "tls", "ssl", "handshake", "verif")):
+        return DirectoryError("tls", f"{s.url}: TLS failed: {text}")
+    parts = urlsplit(s.url)
+    port = parts.port or (636 if parts.scheme == "ldaps" else 389)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=s.timeout_seconds):
+            pass
+    except OSError:
+        return DirectoryError("unreachable", f"{s.url}: {text}")
+    return DirectoryError(
+        "tls",
+        f"{s.url}: TLS handshake failed (certificate not trusted by ldap.ca_file,"
+        " another host name, or no TLS on this port)",
+    )
 
 
 def _operation_error(s: LdapSettings, exc: BaseException) -> DirectoryError:
     if isinstance(exc, ldap.SERVER_DOWN | ldap.CONNECT_ERROR):
-        return DirectoryError("unreachable", f"{s.url}: {_describe(exc)}")
+        return DirectoryError("unreachable", f"{s.url}: {_describe(exc)}")  # it went away
     if isinstance(exc, ldap.TIMEOUT | ldap.TIMELIMIT_EXCEEDED):
         return DirectoryError("timeout", f"{s.url}: no answer within {s.timeout_seconds} s")
     return DirectoryError("error", f"{s.url}: {_describe(exc)}")
