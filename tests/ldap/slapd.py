@@ -110,7 +110,15 @@ access to *
             # -d stats: stay in the foreground (the test owns the process) and log each
             # operation (tests read which binds reached the server).
             self.process = subprocess.Popen(
-                [slapd, "-f", str(self.conf), "-h", f"{self.ldaps_url}/ {self.ldap_url}/", "-d", "stats"],
+                [
+                    slapd,
+                    "-f",
+                    str(self.conf),
+                    "-h",
+                    f"{self.ldaps_url}/ {self.ldap_url}/",
+                    "-d",
+                    "stats",
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
