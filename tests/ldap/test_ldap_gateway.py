@@ -184,6 +184,32 @@ def test_leaving_the_group_ends_the_live_session_within_the_sync_interval(
     assert _refused(gw, "erin", PASSWORDS["erin"] + gw.code("erin"))["reason"] == "disabled"
 
 
+def _enabled(gw: DirectoryGateway) -> dict[str, bool]:
+    return {u["user"]: u["enabled"] for u in json.loads(gw.cli("user", "list", "--json").stdout)}
+
+
+def test_back_in_the_group_is_enabled_again_but_an_admin_disable_stays(
+    gw: DirectoryGateway, slapd: PrivateSlapd
+) -> None:
+    assert not _enabled(gw)["erin"]
+    slapd.modify(
+        f"dn: {MEMBERS_GROUP}\nchangetype: modify\nadd: member\nmember: uid=erin,{PEOPLE}\n"
+    )
+    assert gw.cli("user", "disable", "bob").returncode == 0  # an admin's decision
+    deadline = time.monotonic() + SYNC_SECONDS + 8
+    while time.monotonic() < deadline and not _enabled(gw)["erin"]:
+        time.sleep(0.3)
+    enable = gw.events("user_enable", "erin")
+    assert enable and enable[-1]["actor"] == "directory-sync"
+    assert enable[-1]["reason"] == "back_in_directory"
+    time.sleep(SYNC_SECONDS + 1)  # at least one more round
+    assert not _enabled(gw)["bob"]
+    assert not gw.events("user_enable", "bob")
+    assert gw.cli("user", "enable", "bob").returncode == 0
+    client = gw.login_as("erin")
+    client.logout()
+
+
 def test_directory_down_fails_closed_and_doctor_says_why(
     gw: DirectoryGateway, slapd: PrivateSlapd
 ) -> None:
