@@ -42,8 +42,14 @@ class SyncReport:
     warnings: list[str] = field(default_factory=list)
 
 
-async def sync_users(rt: Runtime, directory: Directory, *, actor: str = SYNC_ACTOR) -> SyncReport:
-    """One round; raises DirectoryError (nothing changed) when the directory cannot answer."""
+async def sync_users(
+    rt: Runtime, directory: Directory, *, actor: str = SYNC_ACTOR, audit_unchanged: bool = True
+) -> SyncReport:
+    """One round; raises DirectoryError (nothing changed) when the directory cannot answer.
+
+    Without audit_unchanged (serve's periodic rounds) a round that changed nothing leaves no
+    `directory_sync` event, so the trail holds changes, not a heartbeat every few minutes.
+    """
     population = await directory.all_users()
     report = SyncReport()
     members: dict[str, DirectoryEntry] = {}
@@ -94,6 +100,9 @@ async def sync_users(rt: Runtime, directory: Directory, *, actor: str = SYNC_ACT
             reason = "not_in_group"
         await set_user_enabled(rt, name, False, actor, reason=reason)
         report.disabled[name] = reason
+    changed = report.created or report.enabled or report.disabled or report.updated
+    if not changed and not audit_unchanged:
+        return report
     await rt.auditor.record(
         "directory_sync",
         "ok",

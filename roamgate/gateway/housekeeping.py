@@ -142,7 +142,7 @@ class Housekeeping:
         directory = self.rt.directory
         while True:
             try:
-                report = await sync_users(self.rt, directory)
+                report = await sync_users(self.rt, directory, audit_unchanged=False)
             except DirectoryError as exc:
                 await self._directory_failed(exc.cause, str(exc))
             except Exception as exc:  # one bad round must not end the sync for good
