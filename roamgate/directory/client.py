@@ -205,7 +205,16 @@ class DirectoryConnection:
         filterstr = (
             f"(&{s.user_filter}({s.user_attribute}={ldap.filter.escape_filter_chars(name)}))"
         )
-        found = self._search(s.user_base, ldap.SCOPE_SUBTREE, filterstr, self._user_attrs())
+        try:
+            # Two are enough to know the name is not one person's: never read more.
+            found = self._search(
+                s.user_base, ldap.SCOPE_SUBTREE, filterstr, self._user_attrs(), limit=2
+            )
+        except DirectoryError as exc:
+            if exc.cause == "ambiguous":
+                log.warning("directory: more than one entry for the user name %r", name)
+                return None
+            raise
         if len(found) != 1:
             return None
         dn, attrs = found[0]

@@ -167,3 +167,22 @@ async def test_attributes_come_from_the_directory(slapd: PrivateSlapd) -> None:
         assert await directory.probe() == []
     finally:
         directory.close()
+
+
+async def test_a_name_two_entries_carry_is_nobody(slapd: PrivateSlapd) -> None:
+    # Last in the module: it adds entries the population tests above do not expect.
+    slapd.add(
+        "\n".join(
+            f"dn: {rdn},{PEOPLE}\nobjectClass: inetOrgPerson\nuid: twin\ncn: Twin\nsn: Twin\n"
+            "userPassword: twin pw 1\n"
+            for rdn in ("uid=twin", "cn=Twin Two")
+        )
+    )
+    directory = Directory(ldap_settings(slapd))
+    try:
+        assert await _verify(directory, "twin", "twin pw 1") == (
+            Outcome.REJECTED,
+            "not_in_directory",
+        )
+    finally:
+        directory.close()
