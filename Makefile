@@ -9,6 +9,8 @@ STAMP := $(VENV)/.installed
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@# python-ldap has no Linux wheel: it builds against libldap2-dev and libsasl2-dev.
+	@test -e /usr/include/ldap.h -a -e /usr/include/sasl/sasl.h || bash deploy/dev/install-peers.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'

@@ -12,6 +12,7 @@ from pathlib import Path
 from roamgate.audit import Auditor
 from roamgate.callback.service import CallbackService
 from roamgate.config import Config
+from roamgate.directory.service import Directory
 from roamgate.login.authenticator import Authenticator
 from roamgate.login.second_factor import SecondFactor
 from roamgate.login.throttle import Throttle
@@ -39,6 +40,7 @@ class Runtime:
     callbacks: CallbackService | None = None
     # This process's Prometheus metrics (a registry per runtime, so runtimes never collide).
     metrics: Metrics = field(default_factory=Metrics)
+    directory: Directory | None = None  # the corporate directory, when ldap: is configured
 
 
 def load_secret_box(cfg: Config) -> SecretBox:
@@ -65,11 +67,12 @@ async def open_runtime(
     store = await open_store(
         cfg.store_url(), password=cfg.store_password(), pool_size=cfg.store.pool_size
     )
+    directory = Directory(cfg.ldap) if cfg.ldap is not None else None
     try:
         auditor = Auditor(store, cfg.audit.file, clock)
         second = SecondFactor(store, box, cfg.auth.otp, clock)
         throttle = Throttle(store, auditor, cfg.auth.lockout, clock)
-        verifier = make_verifier(cfg)
+        verifier = make_verifier(cfg, directory)
         authenticator = Authenticator(
             store,
             verifier,
@@ -107,6 +110,9 @@ async def open_runtime(
             clock,
             callbacks,
             metrics,
+            directory,
         )
     finally:
+        if directory is not None:
+            directory.close()
         await store.close()
