@@ -671,11 +671,11 @@ class SubmissionSession(SMTP):
         # is shut out now, not when this connection happens to end.
         current = await self.rt.store.get_user(self.user.name)
         if current is None or not current.enabled:
-            reply = await self._refuse(USER_DISABLED, sender=address[:256])
+            refused = await self._refuse(USER_DISABLED, sender=address[:256])
             if self.transport is not None:
                 # After aiosmtpd has written the reply (it does so as this hook returns).
                 asyncio.get_running_loop().call_soon(self.transport.close)
-            return reply
+            return refused
         refusal = check_sender(self.rules, address)
         if refusal is not None:
             return await self._refuse(refusal, sender=address[:256])
