@@ -9,6 +9,8 @@ STAMP := $(VENV)/.installed
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@# python-ldap has no Linux wheel: it builds against libldap2-dev and libsasl2-dev.
+	@test -e /usr/include/ldap.h -a -e /usr/include/sasl/sasl.h || bash deploy/dev/install-peers.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
@@ -27,10 +29,10 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 
-# The suite mostly waits on real peers (failure delays, timeouts): `make test PYTEST_WORKERS=3`
-# halves its time on two cores (loadfile keeps each module's shared gateway in one worker), but
-# two SSH door tests still race under it; serial (0) until they are fixed.
-PYTEST_WORKERS ?= 0
+# The suite mostly waits on real peers (failure delays, timeouts), so three xdist workers halve
+# its time on two cores; loadfile keeps each module (and its shared gateway) in one worker.
+# `make test PYTEST_WORKERS=0` runs it serially.
+PYTEST_WORKERS ?= 3
 
 pytest: venv peers
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)

@@ -20,7 +20,7 @@ class DisableReport:
 
 
 async def set_user_enabled(
-    rt: Runtime, name: str, enabled: bool, actor: str
+    rt: Runtime, name: str, enabled: bool, actor: str, *, reason: str | None = None
 ) -> DisableReport | None:
     """Enable or disable a user; None if there is no such user.
 
@@ -48,6 +48,7 @@ async def set_user_enabled(
         "ok",
         user=name,
         actor=actor,
+        reason=reason,
         detail={
             "windows": report.windows,
             "sessions": report.sessions,

@@ -16,6 +16,7 @@ from roamgate import __version__
 from roamgate.commands import (
     audit_log,
     callbacks,
+    directory,
     sessions,
     setup,
     ssh_keys,
@@ -182,6 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "passwd":
             p.add_argument("--password-stdin", action="store_true")
         p.set_defaults(run=fn, needs="runtime")
+    p = user.add_parser(
+        "sync", parents=[cfg], help="create directory group members, disable those who left"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=directory.sync, needs="runtime")
+    p = user.add_parser("directory", parents=[cfg], help="what the directory says about a user")
+    p.add_argument("user")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=directory.show, needs="runtime")
     key = user.add_parser("key", help="SSH public keys (stand in for the password, not the code)")
     keys = key.add_subparsers(dest="key_action", metavar="ACTION")
     keys.required = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal
@@ -225,7 +226,7 @@ class Lockout:
 class AuthSettings:
     """How logins are checked."""
 
-    password_verifier: Literal["upstream", "local"] = "upstream"  # noqa: S105
+    password_verifier: Literal["upstream", "local", "ldap"] = "upstream"  # noqa: S105
     # After a password+code login the device may use the password alone this long (0: never).
     travel_window_seconds: int = field(default=12 * 3600, metadata=int_range(0, 30 * 86400))
     # `local` only: a password that passed scrypt is accepted from memory (an HMAC of it under
@@ -234,6 +235,46 @@ class AuthSettings:
     password_cache_size: int = field(default=10000, metadata=int_range(1, 1_000_000))
     otp: OtpSettings = field(default_factory=OtpSettings)
     lockout: Lockout = field(default_factory=Lockout)
+
+
+@dataclass(frozen=True)
+class LdapSettings:
+    """The corporate directory: password checks, group access, attributes and user sync."""
+
+    # ldaps://HOST[:PORT], or ldap://HOST[:PORT] with start_tls: true (plain LDAP is refused).
+    url: str
+    bind_dn: str  # the service account that searches; its password from bind_password_file/_env
+    bind_password: Secret
+    user_base: str
+    # Who may use the gateway: members (direct or nested) of any of these groups (DNs).
+    groups: tuple[str, ...]
+    start_tls: bool = False
+    ca_file: Path | None = None  # unset: the system CAs
+    user_filter: str = "(objectClass=inetOrgPerson)"
+    user_attribute: str = "uid"  # the gateway user name is this attribute's value
+    # Entries matching this filter are disabled in the directory, e.g. AD's
+    # (userAccountControl:1.2.840.113556.1.4.803:=2); unset: none is.
+    disabled_filter: str | None = None
+    group_base: str | None = None  # unset: user_base's parent is searched for groups
+    group_filter: str = "(objectClass=groupOfNames)"
+    member_attribute: str = "member"
+    # memberof: the entries' memberOf attribute (OpenLDAP overlay, AD); search: group searches.
+    membership: Literal["memberof", "search"] = "memberof"
+    max_nesting: int = field(default=8, metadata=int_range(1, 32))
+    # Group DN -> link profile / callback policy of its members (first listed group wins).
+    profiles: dict[str, str] = field(default_factory=dict)
+    callback_policies: dict[str, Literal["never", "always", "new_source"]] = field(
+        default_factory=dict
+    )
+    mail_attribute: str | None = "mail"
+    callback_number_attribute: str | None = None  # e.g. mobile: registered as a webhook callback
+    certificate_attribute: str | None = "userCertificate;binary"
+    timeout_seconds: int = field(default=10, metadata=int_range(1, 120))
+    # How often serve syncs users; a user who left the group is shut out within this time.
+    sync_interval_seconds: int = field(default=300, metadata=int_range(1, 86400))
+    # Reuse a group decision for this long (0: never); the password is never cached.
+    group_cache_seconds: int = field(default=0, metadata=int_range(0, 3600))
+    max_connections: int = field(default=4, metadata=int_range(1, 64))
 
 
 @dataclass(frozen=True)
@@ -372,6 +413,7 @@ class Config:
     web: WebSettings = field(default_factory=WebSettings)
     doctor: DoctorSettings = field(default_factory=DoctorSettings)
     callback: CallbackSettings | None = None
+    ldap: LdapSettings | None = None
     # Link profiles by name: added to the built-in ones (lan, isdn, phs, pda) or replacing one.
     profiles: dict[str, LinkProfile] = field(default_factory=dict)
     alerts: AlertSettings | None = None
@@ -517,6 +559,8 @@ def _cross_checks(cfg: Config, lines: dict[str, int], *, key_files: bool) -> lis
         if "approve" in cb.channels and not cb.public_url:
             at("callback.public_url", "approve links need the gateway's public web address")
 
+    _ldap_checks(cfg, at)
+
     proxy = cfg.imap_proxy
     sep = proxy.profile_separator
     if not _is_separator(sep):
@@ -549,6 +593,8 @@ def _cross_checks(cfg: Config, lines: dict[str, int], *, key_files: bool) -> lis
     ]
     if cfg.upstream.smtp is not None:
         files.append(("upstream.smtp.ca_file", cfg.upstream.smtp.ca_file))
+    if cfg.ldap is not None:
+        files.append(("ldap.ca_file", cfg.ldap.ca_file))
     if cfg.ssh is not None:
         files += [(f"ssh.host_key_files[{i}]", p) for i, p in enumerate(cfg.ssh.host_key_files)]
     for key, p in files:
@@ -586,6 +632,37 @@ def _cross_checks(cfg: Config, lines: dict[str, int], *, key_files: bool) -> lis
                 "'none' is only allowed for an upstream on this machine (loopback)",
             )
     return issues
+
+
+_LDAP_URL = re.compile(r"(ldaps?)://([^\s/:]+|\[[0-9A-Fa-f:.]+\])(?::(\d{1,5}))?/?")
+
+
+def _ldap_checks(cfg: Config, at: Callable[[str, str], None]) -> None:
+    """The directory's settings: TLS always, filters in parentheses, names that exist."""
+    ldap = cfg.ldap
+    if cfg.auth.password_verifier == "ldap" and ldap is None:  # noqa: S105
+        at("auth.password_verifier", "ldap needs an ldap: section")
+    if ldap is None:
+        return
+    m = _LDAP_URL.fullmatch(ldap.url)
+    if m is None:
+        at("ldap.url", f"expected ldaps://HOST[:PORT] or ldap://HOST[:PORT], got {ldap.url!r}")
+    elif m.group(1) == "ldap" and not ldap.start_tls:
+        at("ldap.url", "plain ldap:// sends passwords in clear: use ldaps:// or start_tls: true")
+    elif m.group(1) == "ldaps" and ldap.start_tls:
+        at("ldap.start_tls", "ldaps:// is TLS already: start_tls is for ldap:// URLs")
+    if m is not None and m.group(3) is not None and not 1 <= int(m.group(3)) <= 65535:
+        at("ldap.url", f"port {m.group(3)} is not 1-65535")
+    for key in ("user_filter", "disabled_filter", "group_filter"):
+        value: str | None = getattr(ldap, key)
+        if value is not None and not (value.startswith("(") and value.endswith(")")):
+            at(f"ldap.{key}", f"expected an LDAP filter in parentheses, got {value!r}")
+    if not ldap.groups:
+        at("ldap.groups", "name at least one group whose members may use the gateway")
+    profiles = cfg.link_profiles()
+    for group, profile in ldap.profiles.items():
+        if profile not in profiles:
+            at(f"ldap.profiles.{group}", f"unknown link profile {profile!r}")
 
 
 def _is_separator(text: str) -> bool:

@@ -99,6 +99,8 @@ async def diagnose(path: Path, *, now: Callable[[], float] = time.time) -> list[
     checks.append(await _upstream_imap(cfg))
     greetings: dict[str, tuple[str, float]] = {}
     checks.append(await _upstream_smtp(cfg, greetings))
+    if cfg.ldap is not None:
+        checks.append(await _directory(cfg))
     for key, file in (("tls.cert_file", cfg.tls.cert_file), ("tls.ca_file", cfg.tls.ca_file)):
         checks.append(_certificate(key, file, now()))
     checks.append(await _clock(cfg, now, greetings.get("smtp")))
@@ -177,6 +179,42 @@ async def _upstream_imap(cfg: Config) -> Check:
         )
     await conn.close()
     return Check("upstream imap", "OK", f"{where}: greeting received{_tls_note(server)}")
+
+
+_DIRECTORY_REMEDIES = {
+    "unreachable": "is the directory up and reachable from here? check ldap.url",
+    "tls": "the directory's certificate is not trusted or names another host:"
+    " check ldap.ca_file and the host name in ldap.url",
+    "service_bind": "check ldap.bind_dn and the password in ldap.bind_password_file",
+    "base": "check ldap.user_base and what the service account may read",
+    "timeout": "the directory is slow or hangs: check it, or raise ldap.timeout_seconds",
+}
+
+
+async def _directory(cfg: Config) -> Check:
+    """TLS to the directory, the service bind, a read of user_base and of each group."""
+    from roamgate.directory.client import DirectoryError
+    from roamgate.directory.service import Directory
+
+    assert cfg.ldap is not None
+    directory = Directory(cfg.ldap)
+    try:
+        missing = await directory.probe()
+    except DirectoryError as exc:
+        remedy = _DIRECTORY_REMEDIES.get(exc.cause, "check the ldap: section and the directory")
+        return Check("directory", "FAIL", f"{exc.cause}: {exc}", remedy)
+    finally:
+        directory.close()
+    how = "StartTLS" if cfg.ldap.start_tls else "LDAPS"
+    where = f"{cfg.ldap.url} ({how}, certificate verified, service bind ok)"
+    if missing:
+        return Check(
+            "directory",
+            "WARN",
+            f"{where}: group not found: {', '.join(missing)}",
+            "check ldap.groups: nobody in a missing group can log in",
+        )
+    return Check("directory", "OK", f"{where}: user_base and {len(cfg.ldap.groups)} group(s) found")
 
 
 def _tls_note(server: UpstreamServer) -> str:

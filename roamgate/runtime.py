@@ -12,6 +12,7 @@ from pathlib import Path
 from roamgate.audit import Auditor
 from roamgate.callback.service import CallbackService
 from roamgate.config import Config
+from roamgate.directory.service import Directory
 from roamgate.login.authenticator import Authenticator
 from roamgate.login.password_cache import PasswordCache, cache_passwords
 from roamgate.login.second_factor import SecondFactor
@@ -40,6 +41,7 @@ class Runtime:
     callbacks: CallbackService | None = None
     # This process's Prometheus metrics (a registry per runtime, so runtimes never collide).
     metrics: Metrics = field(default_factory=Metrics)
+    directory: Directory | None = None  # the corporate directory, when ldap: is configured
 
 
 def load_secret_box(cfg: Config) -> SecretBox:
@@ -66,12 +68,13 @@ async def open_runtime(
     store = await open_store(
         cfg.store_url(), password=cfg.store_password(), pool_size=cfg.store.pool_size
     )
+    directory = Directory(cfg.ldap) if cfg.ldap is not None else None
     try:
         auditor = Auditor(store, cfg.audit.file, clock)
         second = SecondFactor(store, box, cfg.auth.otp, clock)
         throttle = Throttle(store, auditor, cfg.auth.lockout, clock)
         verifier = cache_passwords(
-            make_verifier(cfg),
+            make_verifier(cfg, directory),
             seconds=cfg.auth.password_cache_seconds,
             size=cfg.auth.password_cache_size,
         )
@@ -114,6 +117,9 @@ async def open_runtime(
             clock,
             callbacks,
             metrics,
+            directory,
         )
     finally:
+        if directory is not None:
+            directory.close()
         await store.close()

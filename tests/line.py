@@ -54,6 +54,9 @@ class Line:
             except OSError:
                 client.close()
                 continue
+            # The timeout was for connecting: left on, a gateway silent for 5 s (a loaded
+            # machine) made the pump's recv time out and drop the line uninvited.
+            upstream.settimeout(None)
             self.accepted += 1
             with self._lock:
                 self._socks |= {client, upstream}

@@ -427,3 +427,57 @@ def test_plaintext_upstream_smtp_only_on_loopback(tmp_path: Path) -> None:
         "upstream.smtp.tls: 'none' is only allowed for an upstream on this machine" in e
         for e in _errors(p)
     )
+
+
+LDAP = """\
+auth:
+  password_verifier: ldap
+ldap:
+  url: {url}
+  bind_dn: cn=roamgate,ou=services,dc=example,dc=test
+  bind_password_file: ldap.secret
+  user_base: ou=people,dc=example,dc=test
+  groups: [cn=roamgate-users,ou=groups,dc=example,dc=test]
+  profiles:
+    cn=travellers,ou=groups,dc=example,dc=test: phs
+  callback_policies:
+    cn=travellers,ou=groups,dc=example,dc=test: always
+"""
+
+
+def test_ldap_section_loads(tmp_path: Path) -> None:
+    (tmp_path / "ldap.secret").write_text("service pw\n")
+    cfg = load_config(_write(tmp_path, GOOD + LDAP.format(url="ldaps://ldap.example.test")))
+    assert cfg.auth.password_verifier == "ldap"
+    assert cfg.ldap is not None and cfg.ldap.bind_password.text() == "service pw"
+    assert cfg.ldap.profiles == {"cn=travellers,ou=groups,dc=example,dc=test": "phs"}
+    assert cfg.ldap.sync_interval_seconds == 300 and cfg.ldap.group_cache_seconds == 0
+    assert "service pw" not in repr(cfg)
+
+
+def test_plain_ldap_without_starttls_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "ldap.secret").write_text("service pw\n")
+    p = _write(tmp_path, GOOD + LDAP.format(url="ldap://ldap.example.test:389"))
+    errors = _errors(p)
+    assert len(errors) == 1 and "ldap.url" in errors[0] and "start_tls" in errors[0], errors
+    url_line = p.read_text().splitlines().index("  url: ldap://ldap.example.test:389") + 1
+    assert errors[0].startswith(f"{p}:{url_line} "), errors
+    # With StartTLS the same URL is fine; ldaps:// with StartTLS is a mistake.
+    p.write_text(p.read_text() + "  start_tls: true\n")
+    assert load_config(p).ldap is not None
+    p.write_text(p.read_text().replace("ldap://", "ldaps://"))
+    assert any("ldap.start_tls" in e for e in _errors(p))
+
+
+def test_ldap_mistakes_name_their_keys(tmp_path: Path) -> None:
+    (tmp_path / "ldap.secret").write_text("service pw\n")
+    text = GOOD + LDAP.format(url="https://ldap.example.test")
+    text = text.replace(": phs", ": nosuchprofile").replace("groups: [cn=roamgate-users", "x: [")
+    text = text.replace("  x: [,ou=groups,dc=example,dc=test]\n", "  groups: []\n")
+    text += "  user_filter: objectClass=person\n"
+    errors = _errors(_write(tmp_path, text))
+    keys = {e.split(" ")[1].rstrip(":") for e in errors}
+    assert {"ldap.url", "ldap.groups", "ldap.user_filter"} <= keys, errors
+    assert any("nosuchprofile" in e for e in errors), errors
+    no_section = GOOD + "auth:\n  password_verifier: ldap\n"
+    assert any("ldap: section" in e for e in _errors(_write(tmp_path, no_section)))

@@ -9,8 +9,10 @@ set -euo pipefail
 # chromium (driven by Playwright) and zbar-tools (zbarimg): the web enrollment walk-through;
 # postfix: the upstream submission server behind the submission door (a private instance);
 # postgresql: the database several gateway nodes share (tests run a private cluster as nobody);
-# testssl.sh: the independent TLS audit of the TLS doors (tests/gateway/test_tls_audit.py).
-want=(dovecot-imapd oathtool openssl openssh-client openssh-server mutt haproxy systemd chromium zbar-tools postfix postgresql testssl.sh)
+# testssl.sh: the independent TLS audit of the TLS doors (tests/gateway/test_tls_audit.py);
+# slapd and ldap-utils: the corporate directory (tests/ldap run a private slapd on 127.0.0.1);
+# libldap2-dev and libsasl2-dev: python-ldap has no Linux wheel and builds against them.
+want=(dovecot-imapd oathtool openssl openssh-client openssh-server mutt haproxy systemd chromium zbar-tools postfix postgresql testssl.sh slapd ldap-utils libldap2-dev libsasl2-dev)
 missing=()
 for pkg in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -34,10 +36,17 @@ fi
 trap '[ -n "$made_policy" ] && rm -f "$policy"' EXIT
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-# The packages start the system Dovecot, Postfix and PostgreSQL; roamgate runs its own private instances and
-# needs none listening on the standard ports.
-for service in dovecot postfix postgresql; do
+# The packages start the system Dovecot, Postfix, PostgreSQL and slapd; roamgate runs its own private
+# instances and needs none listening on the standard ports (slapd would listen on every interface).
+for service in dovecot postfix postgresql slapd; do
     if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$service" 2>/dev/null; then
         systemctl stop "$service" || true
     fi
+    if command -v systemctl >/dev/null 2>&1 && [ "$service" = slapd ]; then
+        systemctl disable --quiet slapd 2>/dev/null || true
+    fi
 done
+# Without systemd (a container) a slapd started by its init script is stopped by its pid file.
+if [ -r /run/slapd/slapd.pid ]; then
+    kill "$(cat /run/slapd/slapd.pid)" 2>/dev/null || true
+fi

@@ -71,9 +71,12 @@ async def add(rt: Runtime, args: argparse.Namespace) -> int:
     await rt.auditor.record(
         "user_add", "ok", user=user.name, actor=actor(), detail={"profile": user.profile}
     )
+    verifier = rt.config.auth.password_verifier
     how = (
         "a local password"
         if local
+        else f"the directory password ({rt.config.ldap.url})"
+        if verifier == "ldap" and rt.config.ldap is not None
         else f"the password of the upstream IMAP server {rt.config.upstream.imap.host}"
     )
     print(f"user {user.name} added; first factor: {how}")

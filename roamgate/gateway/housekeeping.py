@@ -1,4 +1,4 @@
-"""What `serve` does in the background: audit retention, and watching the upstream for alerts."""
+"""What `serve` does in the background: audit retention, watching the upstream, directory sync."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 from roamgate.alerts import AlertSender
 from roamgate.audit import rotate_and_prune
+from roamgate.directory.client import DirectoryError
 from roamgate.gateway.upstream import UpstreamError, UpstreamImap
 from roamgate.runtime import Runtime
 from roamgate.store.base import StoreError
@@ -28,11 +29,14 @@ class Housekeeping:
         self.alerts = alerts
         self._tasks: list[asyncio.Task[None]] = []
         self.upstream_up: bool | None = None  # unknown until the first probe
+        self.directory_error: str | None = None  # the last sync round's failure, if any
 
     def start(self) -> None:
         self._spawn(self._retention(), "audit-retention")
         if self.alerts is not None:
             self._spawn(self._watch_upstream(), "upstream-watch")
+        if self.rt.directory is not None:
+            self._spawn(self._directory_sync(), "directory-sync")
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(coro, name=name))
@@ -128,3 +132,37 @@ class Housekeeping:
                 upstream=target,
                 reason=None if up else (problem or "")[:200],
             )
+
+    # -- directory sync
+    async def _directory_sync(self) -> None:
+        # Imported here: the directory's modules are only needed when ldap: is configured.
+        from roamgate.directory.sync import sync_users
+
+        assert self.rt.directory is not None
+        directory = self.rt.directory
+        while True:
+            try:
+                report = await sync_users(self.rt, directory, audit_unchanged=False)
+            except DirectoryError as exc:
+                await self._directory_failed(exc.cause, str(exc))
+            except Exception as exc:  # one bad round must not end the sync for good
+                log.exception("directory sync round failed")
+                await self._directory_failed("error", type(exc).__name__)
+            else:
+                if self.directory_error is not None:
+                    log.warning("directory sync works again")
+                    self.directory_error = None
+                for text in report.warnings:
+                    log.warning("directory sync: %s", text)
+                for name, reason in report.disabled.items():
+                    log.warning("directory sync: %s disabled (%s)", name, reason)
+            await asyncio.sleep(directory.settings.sync_interval_seconds)
+
+    async def _directory_failed(self, cause: str, message: str) -> None:
+        log.error("directory sync: nothing changed: %s", message)
+        if self.directory_error == cause:
+            return  # audited once per outage, not every round
+        self.directory_error = cause
+        await self.rt.auditor.record(
+            "directory_sync", "error", actor="serve", reason=f"directory_{cause}"
+        )

@@ -28,6 +28,7 @@ RESTART_KEYS = (
     "audit.file",
     "logging.file",
     "auth.password_verifier",
+    "ldap",  # the directory's connections and bind password are set up once
     "tls.ca_file",
     "tls.ca_key_file",
     "tls.client_certificates",

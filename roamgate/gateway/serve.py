@@ -29,7 +29,7 @@ from roamgate.gateway import tls_buffers
 from roamgate.gateway.housekeeping import Housekeeping
 from roamgate.gateway.reload import read_new_config
 from roamgate.login.password_cache import PasswordCache
-from roamgate.runtime import Runtime, open_runtime
+from roamgate.runtime import Runtime, SetupError, open_runtime
 from roamgate.store.base import JsonValue
 
 log = logging.getLogger("roamgate.serve")
@@ -122,7 +122,14 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None) -> None:
                             "listeners.%s: this version has no %s door; not listening", name, name
                         )
                         continue
-                    door = await factory(rt, listener)
+                    try:
+                        door = await factory(rt, listener)
+                    except OSError as exc:
+                        # Port taken, address not on this host: say which listener, no traceback.
+                        raise SetupError(
+                            f"listeners.{name}: cannot listen on {listener.host}:{listener.port}:"
+                            f" {exc.strerror or exc}"
+                        ) from None
                     doors.append(door)
                     log.info("%s door listening on %s:%d", name, listener.host, listener.port)
                 callback = cfg.callback

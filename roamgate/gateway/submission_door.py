@@ -37,6 +37,7 @@ from roamgate.gateway.submission_policy import (
     MESSAGE_TOO_LARGE,
     NOT_AUTHENTICATED,
     TOO_MANY_MESSAGES,
+    USER_DISABLED,
     HeaderScanner,
     Refusal,
     SenderRules,
@@ -666,6 +667,15 @@ class SubmissionSession(SMTP):
         mail_options: list[str],
     ) -> str:
         assert self.user is not None and self.rules is not None
+        # Each message starts here: a user disabled since AUTH (an admin, the directory sync)
+        # is shut out now, not when this connection happens to end.
+        current = await self.rt.store.get_user(self.user.name)
+        if current is None or not current.enabled:
+            refused = await self._refuse(USER_DISABLED, sender=address[:256])
+            if self.transport is not None:
+                # After aiosmtpd has written the reply (it does so as this hook returns).
+                asyncio.get_running_loop().call_soon(self.transport.close)
+            return refused
         refusal = check_sender(self.rules, address)
         if refusal is not None:
             return await self._refuse(refusal, sender=address[:256])

@@ -55,6 +55,11 @@ FROM_NOT_OWNED = Refusal(
 FROM_MISSING = Refusal("550 5.6.0 Message needs exactly one From: header", "from_missing")
 HEADER_TOO_LARGE = Refusal("552 5.6.0 Header section too large", "header_too_large")
 MESSAGE_TOO_LARGE = Refusal("552 5.3.4 Message size exceeds fixed maximum", "message_too_large")
+# A user disabled (by an admin or the directory sync) after they logged in sends nothing more:
+# the connection is closed after this reply.
+USER_DISABLED = Refusal(
+    "421 4.7.0 This account is disabled; closing the connection", "user_disabled"
+)
 TOO_MANY_MESSAGES = Refusal(
     "450 4.7.1 Too many messages sent in the last hour; try again later", "rate_limited"
 )

@@ -20,7 +20,7 @@ from roamgate.auth.credentials import split_candidates
 from roamgate.login.password_cache import last_lookup, reset_lookup
 from roamgate.login.second_factor import FactorResult, SecondFactor
 from roamgate.login.throttle import Throttle
-from roamgate.login.verifiers import Outcome, PasswordVerifier
+from roamgate.login.verifiers import Outcome, PasswordVerifier, refusal_reason
 from roamgate.store.base import JsonValue, Store, TokenRecord, TravelWindow, UserRecord
 
 log = logging.getLogger("roamgate.login")
@@ -293,6 +293,8 @@ class Authenticator:
     async def _password_failed(
         self, user: UserRecord, source: str, door: str, outcome: Outcome
     ) -> LoginResult:
+        why = refusal_reason.get()
+        refusal_reason.set(None)
         if outcome is Outcome.UNAVAILABLE:
             # Not the user's fault: nothing is counted, the client is told to retry later.
             await self.auditor.record(
@@ -303,10 +305,10 @@ class Authenticator:
                 door=door,
                 factor="password",
                 reason="verifier_unavailable",
-                detail={"verifier": self.verifier.name},
+                detail={"verifier": self.verifier.name, **({"cause": why} if why else {})},
             )
             return LoginResult(False, "verifier_unavailable", user, "password", temporary=True)
-        return await self._refuse(user.name, source, door, "bad_password", factor="password")
+        return await self._refuse(user.name, source, door, why or "bad_password", factor="password")
 
     async def _second_factor(
         self,

@@ -7,13 +7,22 @@ import enum
 import imaplib
 import logging
 import ssl
-from typing import Protocol
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Protocol
 
 from roamgate.auth.passwords import verify_password
 from roamgate.config import Config, UpstreamServer
 from roamgate.store.base import UserRecord
 
+if TYPE_CHECKING:
+    from roamgate.directory.service import Directory
+
 log = logging.getLogger("roamgate.login")
+
+# Why the last verify() in this task did not accept, for a verifier that knows more than
+# REJECTED/UNAVAILABLE (the directory's not_in_group, directory_unreachable). The
+# authenticator reads it into the audit event's reason; the peer never sees it.
+refusal_reason: ContextVar[str | None] = ContextVar("refusal_reason", default=None)
 
 
 class Outcome(enum.Enum):
@@ -23,7 +32,7 @@ class Outcome(enum.Enum):
 
 
 class PasswordVerifier(Protocol):
-    """Checks a user's password. A directory (LDAP) verifier plugs in here later."""
+    """Checks a user's password (upstream IMAP, local hashes or the directory)."""
 
     name: str
 
@@ -137,7 +146,13 @@ def _close_quietly(client: imaplib.IMAP4) -> None:
         pass
 
 
-def make_verifier(cfg: Config) -> PasswordVerifier:
+def make_verifier(cfg: Config, directory: Directory | None = None) -> PasswordVerifier:
     if cfg.auth.password_verifier == "local":  # noqa: S105 (a verifier name)
         return LocalVerifier()
+    if cfg.auth.password_verifier == "ldap":  # noqa: S105
+        from roamgate.directory.verifier import LdapVerifier
+
+        if directory is None:
+            raise ValueError("the ldap verifier needs the directory")
+        return LdapVerifier(directory)
     return UpstreamImapVerifier(cfg.upstream.imap)

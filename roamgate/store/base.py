@@ -248,6 +248,10 @@ class Store(abc.ABC):
         """Set the link profile a user's sessions get by default; False if there is no such user."""
 
     @abc.abstractmethod
+    async def set_user_email(self, name: str, email: str | None, now: float) -> bool:
+        """Set the user's address of record (sender policy); False if there is no such user."""
+
+    @abc.abstractmethod
     async def set_device_profile(
         self, user_id: int, device: str, profile: str | None, now: float
     ) -> None:

@@ -256,6 +256,12 @@ class PostgresStore(Store):
         )
         return n == 1
 
+    async def set_user_email(self, name: str, email: str | None, now: float) -> bool:
+        n = await self._run(
+            "UPDATE users SET email = $1, updated_at = $2 WHERE name = $3", email, now, name
+        )
+        return n == 1
+
     async def set_device_profile(
         self, user_id: int, device: str, profile: str | None, now: float
     ) -> None:

@@ -270,6 +270,12 @@ class SqliteStore(Store):
         )
         return n == 1
 
+    async def set_user_email(self, name: str, email: str | None, now: float) -> bool:
+        n = await self._run(
+            "UPDATE users SET email = ?, updated_at = ? WHERE name = ?", (email, now, name)
+        )
+        return n == 1
+
     async def set_device_profile(
         self, user_id: int, device: str, profile: str | None, now: float
     ) -> None:

@@ -17,6 +17,8 @@ from roamgate import accounts
 from roamgate.audit import to_json
 from roamgate.auth.lockout import is_locked
 from roamgate.commands.common import CliError, fmt_time, parse_when
+from roamgate.commands.directory import entry_summary
+from roamgate.directory.client import DirectoryError
 from roamgate.invites import cancel_invite, create_invite
 from roamgate.runtime import Runtime
 from roamgate.web import sessions
@@ -246,9 +248,40 @@ async def user_detail(request: web.Request) -> web.Response:
                    intro=Markup("<h2>Device certificates</h2>")),
             _table("callbacks", ["channel", "address", "registered", "verified"], callbacks,
                    intro=Markup("<h2>Call-back registrations</h2>")),
+            await _directory_part(rt, user.name),
         ]
     )  # fmt: skip
     return html_page(request, f"User {user.name}", body)
+
+
+async def _directory_part(rt: Runtime, name: str) -> Markup:
+    """What the directory says about the user, read now (with an ldap: section only)."""
+    if rt.directory is None:
+        return Markup("")
+    intro = Markup("<h2>Directory</h2>")
+    try:
+        entry = await rt.directory.lookup(name)
+    except DirectoryError:
+        return join([intro, fill('<p id="directory">The directory could not be reached.</p>')])
+    if entry is None:
+        return join(
+            [intro, fill('<p id="directory">The directory has no entry for $n.</p>', n=name)]
+        )
+    summary = entry_summary(rt.directory, entry)
+    cert = summary["certificate"]
+    cert_text = "-"
+    if isinstance(cert, dict):
+        cert_text = ", ".join(f"{k}: {v}" for k, v in cert.items())
+    rows = [
+        ["entry", entry.dn],
+        ["access", "allowed" if summary["allowed"] else "not allowed"],
+        ["disabled in the directory", "yes" if entry.disabled else "no"],
+        ["groups", ", ".join(sorted(entry.groups)) or "-"],
+        ["mail", entry.mail or "-"],
+        ["callback number", entry.callback_number or "-"],
+        ["S/MIME certificate", cert_text],
+    ]
+    return _table("directory", ["attribute", "value"], rows, intro=intro)
 
 
 @routes.post("/admin/user/{name}/{action:disable|enable|unlock}")

@@ -16,10 +16,14 @@ from roamgate.demo.dovecot import free_port
 from tests.ssh.conftest import SSH_USERS, SshGateway
 
 
-def _events(ssh: SshGateway, kind: str, user: str) -> list[dict[str, object]]:
-    """Audit events of one kind for one user, with their detail merged in."""
+def _events(ssh: SshGateway, kind: str, user: str, since: int = 0) -> list[dict[str, object]]:
+    """Audit events of one kind for one user from line `since` on, with their detail merged in.
+
+    The gateway is shared by the package's modules (and their order differs under xdist), so
+    a test looks only at the lines written after it began.
+    """
     out = []
-    for e in ssh.gw.audit():
+    for e in ssh.gw.audit()[since:]:
         if e["kind"] == kind and e.get("user") == user:
             detail = e.get("detail")
             out.append({**e, **(detail if isinstance(detail, dict) else {})})
@@ -42,6 +46,7 @@ def _wait_for(predicate: object, timeout: float = 15) -> None:
 def test_openssh_tunnel_with_password_and_code_then_imap_with_the_password_alone(
     ssh_gw: SshGateway,
 ) -> None:
+    start = len(ssh_gw.gw.audit())
     local = free_port()
     code = ssh_gw.gw.code("bob")
     with ssh_gw.openssh_tunnel("bob", SSH_USERS["bob"], code, f"127.0.0.1:{local}:imap:143") as (
@@ -60,20 +65,26 @@ def test_openssh_tunnel_with_password_and_code_then_imap_with_the_password_alone
         first = parts[0]
         assert isinstance(first, tuple) and b"via ssh" in first[1]
         client.logout()
-    # The tunnelled IMAP session closes first; the SSH session's record comes when ssh exits.
-    _wait_for(lambda: [e for e in _events(ssh_gw, "session_close", "bob") if e["door"] == "ssh"])
-    auth = _events(ssh_gw, "auth", "bob")
+
+    # The tunnelled IMAP session closes first; the SSH session's record and both forwards'
+    # (the readiness probe's and the session's) come when ssh exits, in no fixed order.
+    def ssh_closes() -> list[dict[str, object]]:
+        return [e for e in _events(ssh_gw, "session_close", "bob", start) if e["door"] == "ssh"]
+
+    _wait_for(lambda: ssh_closes() and len(_events(ssh_gw, "forward_close", "bob", start)) >= 2)
+    auth = _events(ssh_gw, "auth", "bob", start)
     assert [(e["result"], e["door"], e["factor"]) for e in auth][:1] == [
         ("ok", "ssh", "password+hotp")
     ]
     assert any(e["door"] == "ssh-imap" and e["factor"] == "password+ssh" for e in auth)
-    opened = _events(ssh_gw, "forward_open", "bob")
+    opened = _events(ssh_gw, "forward_open", "bob", start)
     assert opened and all(e["service"] == "imap" and e["asked"] == "imap:143" for e in opened)
     # One forward was the readiness probe (connect, close); the other carried the session.
-    closed = max(_events(ssh_gw, "forward_close", "bob"), key=lambda e: int(str(e["bytes_in"])))
+    closed = max(
+        _events(ssh_gw, "forward_close", "bob", start), key=lambda e: int(str(e["bytes_in"]))
+    )
     assert int(str(closed["bytes_in"])) > 20 and int(str(closed["bytes_out"])) > 100
-    ssh_closes = [e for e in _events(ssh_gw, "session_close", "bob") if e["door"] == "ssh"]
-    assert ssh_closes and int(str(ssh_closes[-1]["bytes_out"])) >= int(str(closed["bytes_out"]))
+    assert int(str(ssh_closes()[-1]["bytes_out"])) >= int(str(closed["bytes_out"]))
 
 
 def test_submission_forward_reaches_the_corporate_smtp_server(ssh_gw: SshGateway) -> None:
@@ -95,6 +106,7 @@ def test_submission_forward_reaches_the_corporate_smtp_server(ssh_gw: SshGateway
 
 
 def test_within_the_travel_window_the_password_alone_is_asked(ssh_gw: SshGateway) -> None:
+    start = len(ssh_gw.gw.audit())
     local = free_port()
     code = ssh_gw.gw.code("dave")
     with ssh_gw.openssh_tunnel("dave", SSH_USERS["dave"], code, f"127.0.0.1:{local}:imap:143"):
@@ -109,7 +121,7 @@ def test_within_the_travel_window_the_password_alone_is_asked(ssh_gw: SshGateway
         client = imaplib.IMAP4("127.0.0.1", local, timeout=30)
         assert client.login("dave", SSH_USERS["dave"])[0] == "OK"
         client.logout()
-    factors = [e["factor"] for e in _events(ssh_gw, "auth", "dave") if e["door"] == "ssh"]
+    factors = [e["factor"] for e in _events(ssh_gw, "auth", "dave", start) if e["door"] == "ssh"]
     assert factors[:2] == ["password+hotp", "password+window"]
     # Outside the window (revoked) the code is asked again.
     assert ssh_gw.gw.cli("session", "revoke", "--user", "dave").returncode == 0
@@ -120,18 +132,21 @@ def test_within_the_travel_window_the_password_alone_is_asked(ssh_gw: SshGateway
 
 
 def test_revoking_the_session_ends_the_ssh_connection(ssh_gw: SshGateway) -> None:
+    start = len(ssh_gw.gw.audit())
     local = free_port()
     code = ssh_gw.gw.code("erin")
     with ssh_gw.openssh_tunnel("erin", SSH_USERS["erin"], code, f"127.0.0.1:{local}:imap:143") as (
         proc,
         _answers,
     ):
-        opened = [e for e in _events(ssh_gw, "session_open", "erin") if e["door"] == "ssh"]
+        opened = [e for e in _events(ssh_gw, "session_open", "erin", start) if e["door"] == "ssh"]
         session_id = str(opened[-1]["session_id"])
         assert ssh_gw.gw.cli("session", "revoke", session_id).returncode == 0
         proc.wait(timeout=20)  # the gateway hung up within session_check_seconds
     _wait_for(
-        lambda: any(e["reason"] == "revoked" for e in _events(ssh_gw, "session_close", "erin"))
+        lambda: any(
+            e["reason"] == "revoked" for e in _events(ssh_gw, "session_close", "erin", start)
+        )
     )
 
 

@@ -109,6 +109,16 @@ async def test_user_profile_can_be_changed(store: Store) -> None:
     assert await store.get_user("nobody") is None
 
 
+async def test_user_email_can_be_changed(store: Store) -> None:
+    await store.add_user("gina", T0, email="gina@old.example")
+    assert await store.set_user_email("gina", "gina@new.example", T0 + 5)
+    gina = await store.get_user("gina")
+    assert gina is not None and (gina.email, gina.updated_at) == ("gina@new.example", T0 + 5)
+    assert await store.set_user_email("gina", None, T0 + 6)
+    assert (await store.get_user("gina")).email is None  # type: ignore[union-attr]
+    assert not await store.set_user_email("nobody", "x@y.example", T0)
+
+
 async def test_a_device_can_have_its_own_profile(store: Store) -> None:
     u = await store.add_user("gina", T0)
     await store.set_device_profile(u.id, "cert:SHA256:ab", "pda", T0)

@@ -1,0 +1,1 @@
+"""The corporate directory (LDAP): password checks, group access, attributes and user sync."""
