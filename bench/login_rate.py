@@ -1,7 +1,8 @@
 """Logins per second through the TLS door, on SQLite and PostgreSQL, with one and two nodes.
 
     python -m bench.login_rate [--logins 300] [--clients 16] [--scrypt-ln 15,10]
-                               [--stores sqlite,postgresql] [--nodes 1,2]
+                               [--stores sqlite,postgresql] [--nodes 1,2] [--cache cold,warm]
+                               [--dovecot performance|stock] [--spares N]
 
 One login is what a road user's mail client does: TCP connect, TLS handshake (no session
 resumption), `LOGIN user password+code`, `LOGOUT`. The password verifier is `local` (scrypt
@@ -10,9 +11,25 @@ spare connections as configured by default). The travel window is off, so every 
 and uses up a fresh HOTP code: each client owns one user and counts its codes in order.
 
 scrypt's cost (ln=15, what `roamgate user passwd` writes) is a deliberate choice; --scrypt-ln
-also runs with cheaper hashes to show what the rest of the login path can do. Bounded: each
-scenario makes exactly --logins logins. Prints figures; asserts nothing about speed.
-Set BENCH_PROFILE=DIR to run each node under cProfile (DIR/node-<store>-<n>-<i>.prof).
+also runs with cheaper hashes to show what the rest of the login path can do.
+
+--cache: `cold` runs the gateway with `auth.password_cache_seconds: 0`, so every login pays
+scrypt (what a cache miss costs: a user's first login, or one after the TTL); `warm` runs it with
+the default cache after one login per user, so every measured login is a hit (the same users
+logging in again: a mail client's next poll, its second connection, a mass reconnect after a
+line drop). "capacity" is what the gateway alone could do from its CPU per login: 1000 / ms per
+core (one node process runs one event loop: one core, plus scrypt in worker threads).
+
+--dovecot: `performance` (the default) sets the private Dovecot up as an operator would for
+many logins (long-lived imap-login processes, reused imap processes, Dovecot's auth cache);
+`stock` leaves Dovecot's default of a new process per login, as the tests run it.
+--spares sets imap_proxy.upstream_spares (upstream connections made ahead of logins): it moves
+the upstream connect out of a login's wait, not its CPU.
+
+Bounded: each scenario makes exactly --logins logins. Prints figures; asserts nothing about
+speed. Set BENCH_PROFILE=DIR to run each node under cProfile (DIR/node-<store>-<n>-<i>.prof),
+or BENCH_PYSPY=DIR under py-spy (DIR/node-....txt, collapsed stacks; CPU figures then include
+py-spy's own).
 """
 
 from __future__ import annotations
@@ -24,6 +41,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -148,10 +166,32 @@ async def _add_accounts(config: Path, dovecot_users: dict[str, str], log2_n: int
     return accounts
 
 
-def _start(config: Path, profile: Path | None) -> subprocess.Popen[bytes]:
+def _set_spares(config: Path, spares: int | None) -> None:
+    """imap_proxy.upstream_spares for this run (None: the default)."""
+    text = re.sub(r"(?m)^  upstream_spares: \d+\n", "", config.read_text())
+    if spares is not None:
+        text = text.replace("imap_proxy:\n", f"imap_proxy:\n  upstream_spares: {spares}\n", 1)
+    config.write_text(text)
+
+
+def _set_cache(config: Path, seconds: int) -> None:
+    """Turn the verified-password cache off (cold: every login pays scrypt) or on (warm)."""
+    text = config.read_text()
+    text, n = re.subn(
+        r"(?m)^  password_cache_seconds: \d+$", f"  password_cache_seconds: {seconds}", text
+    )
+    assert n == 1, "password_cache_seconds not in the config init wrote"
+    config.write_text(text)
+
+
+def _start(config: Path, profile: Path | None, pyspy: Path | None) -> subprocess.Popen[bytes]:
     prefix = ["-m", "cProfile", "-o", str(profile)] if profile else []
+    spy = []
+    if pyspy is not None:
+        spy = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw"]
+        spy += ["--rate", "200", "--subprocesses", "-o", str(pyspy), "--"]
     process = subprocess.Popen(
-        [sys.executable, *prefix, "-m", "roamgate", "serve", "-c", str(config)],
+        [*spy, sys.executable, *prefix, "-m", "roamgate", "serve", "-c", str(config)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -169,7 +209,14 @@ def _start(config: Path, profile: Path | None) -> subprocess.Popen[bytes]:
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
+    children: list[str] = []
+    if os.environ.get("BENCH_PYSPY"):  # py-spy writes its profile when the gateway ends
+        with contextlib.suppress(OSError):
+            children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    for child in children:
+        os.kill(int(child), signal.SIGTERM)
+    if not children:
+        process.send_signal(signal.SIGTERM)
     try:
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:
@@ -261,24 +308,27 @@ def _scenario(
     log2_n: int,
     peers: dict[str, int],
     pg: PrivatePostgres | None,
+    cache: str,
 ) -> None:
     profile_dir = os.environ.get("BENCH_PROFILE")
+    pyspy_dir = os.environ.get("BENCH_PYSPY")
     processes = []
     try:
         for i, config in enumerate(configs):
-            profile = (
-                Path(profile_dir) / f"node-{store_kind}-{len(configs)}-ln{log2_n}-{i}.prof"
-                if profile_dir
-                else None
-            )
-            processes.append(_start(config, profile))
+            name = f"node-{store_kind}-{len(configs)}-ln{log2_n}-{cache}-{i}"
+            profile = Path(profile_dir) / f"{name}.prof" if profile_dir else None
+            pyspy = Path(pyspy_dir) / f"{name}.txt" if pyspy_dir else None
+            _set_cache(config, 0 if cache == "cold" else 900)
+            _set_spares(config, args.spares)
+            processes.append(_start(config, profile, pyspy))
         ports = []
         for config in configs:
             listener = load_config(config).listeners.imaps
             assert listener is not None
             ports.append(listener.port)
         ctx = ssl.create_default_context(cafile=str(configs[0].parent / "tls" / "ca.pem"))
-        # Warm up: one login per client (imports, first handshakes, pools filled).
+        # Warm up: one login per client (imports, first handshakes, pools filled; with the
+        # cache on, each user's password is now remembered).
         asyncio.run(_drive(ports, ctx, accounts, len(accounts)))
         if store_kind != "postgresql":
             peers = {k: v for k, v in peers.items() if k != "postgresql"}
@@ -296,14 +346,23 @@ def _scenario(
             _stop(p)
     lat = sorted(result.latencies)
     p95 = lat[int(0.95 * (len(lat) - 1))]
+    gw_ms = gw_cpu / args.logins * 1000
     print(
-        f"{store_kind:10} {len(configs)} node{'s' if len(configs) > 1 else ' '}  scrypt ln={log2_n}:"
-        f" {args.logins} logins in {result.seconds:5.1f} s = {args.logins / result.seconds:6.1f}"
-        f" logins/s  (p50 {statistics.median(lat) * 1000:5.0f} ms, p95 {p95 * 1000:5.0f} ms;"
-        f" failures {result.failures})\n    CPU ms per login: gateway {gw_cpu / args.logins * 1000:.1f},"
+        f"{store_kind:10} {len(configs)} node{'s' if len(configs) > 1 else ' '}  scrypt ln={log2_n}"
+        f" {cache:4}: {args.logins} logins in {result.seconds:5.1f} s ="
+        f" {args.logins / result.seconds:6.1f} logins/s  (p50 {statistics.median(lat) * 1000:5.0f}"
+        f" ms, p95 {p95 * 1000:5.0f} ms; failures {result.failures}; load"
+        f" {os.getloadavg()[0]:.1f})\n    CPU ms per login: gateway {gw_cpu / args.logins * 1000:.1f},"
         + "".join(f" {k} {v / args.logins * 1000:.1f}," for k, v in peer_cpu.items())
         + f" client {client_cpu / args.logins * 1000:.1f}"
-        + (f"; database transactions per login {commits / args.logins:.1f}" if commits else ""),
+        + (f"; database transactions per login {commits / args.logins:.1f}" if commits else "")
+        + f"\n    capacity implied by CPU: gateway alone {1000 / gw_ms:.0f} logins/s per core,"
+        + "".join(
+            f" {k} alone {1000 / (v / args.logins * 1000):.0f},"
+            for k, v in peer_cpu.items()
+            if v > 0
+        )
+        + f" gateway + peers on one core {1000 / ((gw_cpu + sum(peer_cpu.values())) / args.logins * 1000):.0f}",
         flush=True,
     )
 
@@ -315,6 +374,11 @@ def main() -> int:
     parser.add_argument("--scrypt-ln", default="15,10", help="scrypt cost(s), log2 N")
     parser.add_argument("--stores", default="sqlite,postgresql")
     parser.add_argument("--nodes", default="1,2")
+    parser.add_argument("--cache", default="cold,warm", help="cold (cache off), warm (hits)")
+    parser.add_argument("--dovecot", choices=("performance", "stock"), default="performance")
+    parser.add_argument(
+        "--spares", type=int, default=None, help="imap_proxy.upstream_spares (default: 2)"
+    )
     args = parser.parse_args()
     if not 1 <= args.clients <= 200 or not 1 <= args.logins <= 100_000:
         parser.error("--clients 1-200, --logins 1-100000")
@@ -324,11 +388,14 @@ def main() -> int:
     print(
         f"machine: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, python"
         f" {sys.version.split()[0]}, loopback; {args.clients} clients, TLS + LOGIN"
-        f" (local scrypt password + HOTP code) + LOGOUT, upstream login to Dovecot included"
+        f" (local scrypt password + HOTP code) + LOGOUT, upstream login to Dovecot"
+        f" ({args.dovecot} login mode) included; upstream_spares"
+        f" {2 if args.spares is None else args.spares}"
     )
     with tempfile.TemporaryDirectory(prefix="roamgate-bench-") as tmp:
         work = Path(tmp)
-        with PrivateDovecot(work / "dovecot") as dovecot:
+        processes = 4 if args.dovecot == "performance" else 0
+        with PrivateDovecot(work / "dovecot", login_processes=processes) as dovecot:
             for name, password in users.items():
                 dovecot.add_user(name, password)
             pg = PrivatePostgres(durable=True).start() if "postgresql" in args.stores else None
@@ -347,9 +414,17 @@ def main() -> int:
                     for log2_n in costs:
                         accounts = asyncio.run(_add_accounts(first, users, log2_n))
                         for n in node_counts:
-                            _scenario(
-                                store_kind, [first, second][:n], accounts, args, log2_n, peers, pg
-                            )
+                            for cache in args.cache.split(","):
+                                _scenario(
+                                    store_kind,
+                                    [first, second][:n],
+                                    accounts,
+                                    args,
+                                    log2_n,
+                                    peers,
+                                    pg,
+                                    cache,
+                                )
             finally:
                 if pg is not None:
                     pg.stop()

@@ -229,6 +229,10 @@ class AuthSettings:
     password_verifier: Literal["upstream", "local", "ldap"] = "upstream"  # noqa: S105
     # After a password+code login the device may use the password alone this long (0: never).
     travel_window_seconds: int = field(default=12 * 3600, metadata=int_range(0, 30 * 86400))
+    # `local` only: a password that passed scrypt is accepted from memory (an HMAC of it under
+    # a per-process key, never the password) for this long; 0: every login pays scrypt.
+    password_cache_seconds: int = field(default=900, metadata=int_range(0, 3600))
+    password_cache_size: int = field(default=10000, metadata=int_range(1, 1_000_000))
     otp: OtpSettings = field(default_factory=OtpSettings)
     lockout: Lockout = field(default_factory=Lockout)
 

@@ -182,6 +182,9 @@ auth:
   # After a password+code login the same device (its client certificate, else user + source
   # address) may log in with the password alone this long (12 h); 0 turns this off.
   travel_window_seconds: 43200
+  # local only: after a good scrypt check the password is accepted from memory (an HMAC under a
+  # per-process key, never the password) for 15 minutes; 0 turns this off.
+  password_cache_seconds: 900
   otp:
     digits: 6
     totp_period_seconds: 30

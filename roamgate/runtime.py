@@ -14,6 +14,7 @@ from roamgate.callback.service import CallbackService
 from roamgate.config import Config
 from roamgate.directory.service import Directory
 from roamgate.login.authenticator import Authenticator
+from roamgate.login.password_cache import PasswordCache, cache_passwords
 from roamgate.login.second_factor import SecondFactor
 from roamgate.login.throttle import Throttle
 from roamgate.login.verifiers import PasswordVerifier, make_verifier
@@ -72,7 +73,13 @@ async def open_runtime(
         auditor = Auditor(store, cfg.audit.file, clock)
         second = SecondFactor(store, box, cfg.auth.otp, clock)
         throttle = Throttle(store, auditor, cfg.auth.lockout, clock)
-        verifier = make_verifier(cfg, directory)
+        verifier = cache_passwords(
+            make_verifier(cfg, directory),
+            seconds=cfg.auth.password_cache_seconds,
+            size=cfg.auth.password_cache_size,
+        )
+        if isinstance(verifier, PasswordCache):
+            throttle.user_failure_listeners.append(verifier.forget)
         authenticator = Authenticator(
             store,
             verifier,

@@ -183,6 +183,7 @@ class PrivateDovecot:
         auth_failure_delay: int = 0,
         sasl_socket: Path | None = None,
         max_connections: int = 200,
+        login_processes: int = 0,
     ) -> None:
         self.workdir = workdir.resolve()
         if not _SAFE_PATH.fullmatch(str(self.workdir)):
@@ -200,6 +201,11 @@ class PrivateDovecot:
         # the default, login and imap processes each serve many connections (Dovecot's
         # "performance mode") instead of one process per connection.
         self.max_connections = max_connections
+        # Above 0: Dovecot's high-performance login mode for many logins a second, as an
+        # operator would set it (bench/login_rate.py): this many long-lived imap-login processes
+        # (service_count = 0, each doing TLS for many clients), kept started, and imap (mail)
+        # processes reused by later logins instead of one fork and exec per login.
+        self.login_processes = login_processes
         self.config_file = self.workdir / "dovecot.conf"
         self.log_file = self.workdir / "dovecot.log"
         self.stderr_file = self.workdir / "dovecot.stderr"
@@ -383,22 +389,32 @@ userdb {{
 """
 
     def _login_scale_config(self) -> str:
-        if self.max_connections <= 200:
+        if self.max_connections <= 200 and not self.login_processes:
             return ""
         return (
             f"  service_count = 0\n  client_limit = {self.max_connections + 200}\n"
-            "  process_min_avail = 2\n  vsz_limit = 1G\n"
+            f"  process_min_avail = {max(2, self.login_processes)}\n  vsz_limit = 1G\n"
         )
 
     def _scale_config(self) -> str:
-        if self.max_connections <= 200:
-            return ""
-        return f"""service imap {{
+        if self.max_connections > 200:
+            return f"""service imap {{
   client_limit = {_SESSIONS_PER_PROCESS}
   service_count = 0
   process_limit = {self.max_connections // _SESSIONS_PER_PROCESS + 20}
 }}
 """
+        if self.login_processes:
+            # One session per mail process (as by default) but processes reused, some kept
+            # ready: a login no longer pays fork, exec and the binary's start-up. Every user
+            # here has the same uid and chroot, which reuse requires.
+            return f"""service imap {{
+  service_count = 0
+  process_min_avail = {self.login_processes}
+}}
+auth_cache_size = 10M
+"""
+        return ""
 
     # -- accounts ----------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from roamgate.callback.waiting import LOGIN_DEVICE, WAITING_CLIENT
 from roamgate.config import Listener
@@ -95,14 +96,17 @@ async def prepared_upstream(
     conn = await pool.take()
     try:
         if conn.has("ID"):
-            await asyncio.wait_for(conn.send_id(client_id), pool.server.timeout_seconds)
+            # asyncio.timeout, not wait_for: no extra task per call (this runs at every login).
+            async with asyncio.timeout(pool.server.timeout_seconds):
+                await conn.send_id(client_id)
         return conn
     except (UpstreamError, TimeoutError, OSError, ssl.SSLError):
         await conn.close()
     conn = await UpstreamImap.connect(pool.server)
     try:
         if conn.has("ID"):
-            await asyncio.wait_for(conn.send_id(client_id), pool.server.timeout_seconds)
+            async with asyncio.timeout(pool.server.timeout_seconds):
+                await conn.send_id(client_id)
     except BaseException:
         await conn.close()
         raise
@@ -133,9 +137,8 @@ class _SessionVerifier:
         try:
             if self.conn is None:
                 self.conn = await prepared_upstream(self.pool, self.client_id)
-            outcome = await asyncio.wait_for(
-                self.conn.login(user.name, password), server.timeout_seconds
-            )
+            async with asyncio.timeout(server.timeout_seconds):
+                outcome = await self.conn.login(user.name, password)
         except (UpstreamError, TimeoutError, OSError, ssl.SSLError) as exc:
             log.warning("upstream login for %s failed: %s", user.name, _reason(exc))
             await self.discard()
@@ -424,7 +427,8 @@ class ImapDoor:
             wait_closed = getattr(writer, "wait_closed", None)
             if wait_closed is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(wait_closed(), 2)
+                    async with asyncio.timeout(2):
+                        await wait_closed()
 
 
 class _Connection:
@@ -487,12 +491,14 @@ class _Connection:
         if draining.is_set():
             await self._shutdown_before_login()
         read = asyncio.ensure_future(self.reader.read(READ_SIZE))
-        drain = asyncio.ensure_future(draining.wait())
+        # A bare future the door resolves on drain, as _watch does: no task per read.
+        drain: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.door.drain_waiters.add(drain)
+        waiting: set[asyncio.Future[Any]] = {read, drain}
         try:
-            done, _ = await asyncio.wait(
-                {read, drain}, timeout=left, return_when=asyncio.FIRST_COMPLETED
-            )
+            done, _ = await asyncio.wait(waiting, timeout=left, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self.door.drain_waiters.discard(drain)
             drain.cancel()
             if not read.done():
                 read.cancel()
@@ -746,9 +752,8 @@ class _Connection:
         conn: UpstreamImap | None = None
         try:
             conn = await prepared_upstream(self.door.pool, self._id_for_upstream())
-            outcome = await asyncio.wait_for(
-                conn.login(login_name, login_password), server.timeout_seconds
-            )
+            async with asyncio.timeout(server.timeout_seconds):
+                outcome = await conn.login(login_name, login_password)
         except (UpstreamError, TimeoutError, OSError, ssl.SSLError) as exc:
             log.warning("upstream session for %s failed: %s", user.name, _reason(exc))
             outcome = Outcome.UNAVAILABLE

@@ -28,6 +28,7 @@ from roamgate.config import LISTENER_NAMES, Config, ConfigError, Listener
 from roamgate.gateway import tls_buffers
 from roamgate.gateway.housekeeping import Housekeeping
 from roamgate.gateway.reload import read_new_config
+from roamgate.login.password_cache import PasswordCache
 from roamgate.runtime import Runtime, SetupError, open_runtime
 from roamgate.store.base import JsonValue
 
@@ -256,6 +257,8 @@ async def reload_config(rt: Runtime, doors: list[Door], alerts: AlertSender | No
     rt.throttle.apply(cfg.auth.lockout)
     rt.second_factor.settings = cfg.auth.otp
     rt.authenticator.travel_window_seconds = cfg.auth.travel_window_seconds
+    if isinstance(rt.verifier, PasswordCache):
+        rt.verifier.apply(cfg.auth.password_cache_seconds, cfg.auth.password_cache_size)
     if alerts is not None and cfg.alerts is not None:
         alerts.settings = cfg.alerts
     for door in doors:

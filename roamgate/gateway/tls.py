@@ -29,6 +29,12 @@ def server_context(files: TlsFiles) -> ssl.SSLContext:
     # client-initiated renegotiation (a cheap way to make the server do expensive work).
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_TICKET
     ctx.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
+    # With OP_NO_TICKET OpenSSL still sent two TLS 1.3 session tickets after every handshake
+    # (a write and their making, per connection) that no client could resume with: measured,
+    # 0 of 400 reconnections resumed. So none are sent. Resumption itself is not turned on:
+    # it saves the server ~0.06 ms of a ~0.3 ms handshake, and TLS 1.2 tickets would keep
+    # sessions' keys decryptable with one in-memory key for the process's life.
+    ctx.num_tickets = 0
     ctx.load_cert_chain(str(files.cert_file), str(files.key_file))
     if files.client_certificates != "none":
         ctx.load_verify_locations(cafile=str(files.ca_file))

@@ -65,7 +65,8 @@ class UpstreamImap:
     @classmethod
     async def connect(cls, server: UpstreamServer) -> UpstreamImap:
         try:
-            return await asyncio.wait_for(cls._connect(server), server.timeout_seconds)
+            async with asyncio.timeout(server.timeout_seconds):
+                return await cls._connect(server)
         except TimeoutError:
             raise UpstreamError(
                 f"{server.host}:{server.port}: no answer within {server.timeout_seconds} s"
@@ -111,7 +112,8 @@ class UpstreamImap:
     async def close(self) -> None:
         self.writer.close()
         with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
-            await asyncio.wait_for(self.writer.wait_closed(), 2)
+            async with asyncio.timeout(2):
+                await self.writer.wait_closed()
 
     # -- exchanges
     def next_tag(self) -> bytes:

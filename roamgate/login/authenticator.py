@@ -17,10 +17,11 @@ from typing import Protocol
 
 from roamgate.audit import Auditor, AuditUnavailable
 from roamgate.auth.credentials import split_candidates
+from roamgate.login.password_cache import last_lookup, reset_lookup
 from roamgate.login.second_factor import FactorResult, SecondFactor
 from roamgate.login.throttle import Throttle
 from roamgate.login.verifiers import Outcome, PasswordVerifier, refusal_reason
-from roamgate.store.base import JsonValue, Store, TravelWindow, UserRecord
+from roamgate.store.base import JsonValue, Store, TokenRecord, TravelWindow, UserRecord
 
 log = logging.getLogger("roamgate.login")
 
@@ -35,6 +36,8 @@ class LoginResult:
     factor: str | None = None
     temporary: bool = False  # the gateway could not decide (upstream down): try again later
     window: TravelWindow | None = None
+    # Admission only: the user had failures on record, which a success must clear.
+    user_failures: bool = True
 
 
 class LoginHold(Protocol):
@@ -85,13 +88,15 @@ class Authenticator:
 
         With a device, a success opens (or renews) its travel window.
         """
-        user, refused = await self._admit(username, source, door)
+        user, admission = await self._admit(username, source, door)
         if user is None:
-            return refused
+            return admission
         outcome = await (verifier or self.verifier).verify(user, password)
         if outcome is not Outcome.ACCEPTED:
             return await self._password_failed(user, source, door, outcome)
-        return await self._second_factor(user, code, source, door, device=device)
+        return await self._second_factor(
+            user, code, source, door, device=device, clear=admission.user_failures
+        )
 
     async def login_with_key(
         self, username: str, fingerprint: str, code: str, *, source: str, door: str
@@ -102,14 +107,21 @@ class Authenticator:
         that the key is the user's. No travel window is opened or used: a key never replaces
         the second factor.
         """
-        user, refused = await self._admit(username, source, door)
+        user, admission = await self._admit(username, source, door)
         if user is None:
-            return refused
+            return admission
         keys = {k.fingerprint for k in await self.store.list_ssh_keys(user.id)}
         if fingerprint not in keys:
             return await self._refuse(user.name, source, door, "key_not_authorized", factor="key")
         return await self._second_factor(
-            user, code, source, door, device=None, first="key", extra={"key": fingerprint}
+            user,
+            code,
+            source,
+            door,
+            device=None,
+            first="key",
+            extra={"key": fingerprint},
+            clear=admission.user_failures,
         )
 
     async def find_window(self, username: str, devices: Sequence[str]) -> TravelWindow | None:
@@ -134,9 +146,9 @@ class Authenticator:
         verifier: PasswordVerifier | None = None,
     ) -> LoginResult:
         """The password alone, from a device whose travel window (found by the caller) holds."""
-        user, refused = await self._admit(username, source, door)
+        user, admission = await self._admit(username, source, door)
         if user is None:
-            return refused
+            return admission
         current = await self.store.find_travel_window(user.name, window.device, self.clock())
         if current is None or current.id != window.id:
             # Revoked or expired between the prompt and the answer.
@@ -145,7 +157,13 @@ class Authenticator:
         if outcome is not Outcome.ACCEPTED:
             return await self._password_failed(user, source, door, outcome)
         return await self._admitted(
-            user, source, door, "window", window=current, detail={"window_id": current.id}
+            user,
+            source,
+            door,
+            "window",
+            window=current,
+            detail={"window_id": current.id},
+            clear=admission.user_failures,
         )
 
     async def login_tunnelled(
@@ -167,9 +185,9 @@ class Authenticator:
             return await self._refuse(
                 username, source, door, "tunnel_user_mismatch", factor=None, count=False
             )
-        user, refused = await self._admit(username, source, door)
+        user, admission = await self._admit(username, source, door)
         if user is None:
-            return refused
+            return admission
         check = verifier or self.verifier
         tries = [password]
         tries += [p for p, _c in split_candidates(password, await self.second.code_lengths(user))]
@@ -180,7 +198,9 @@ class Authenticator:
                 break
         if outcome is not Outcome.ACCEPTED:
             return await self._password_failed(user, source, door, outcome)
-        return await self._admitted(user, source, door, "ssh", None, {})
+        return await self._admitted(
+            user, source, door, "ssh", None, {}, clear=admission.user_failures
+        )
 
     async def login_combined(
         self,
@@ -197,18 +217,20 @@ class Authenticator:
         Within a travel window for this device the password alone is enough, and a client
         re-sending the password with the code it saved earlier is let in too.
         """
-        user, refused = await self._admit(username, source, door)
+        user, admission = await self._admit(username, source, door)
         if user is None:
-            return refused
+            return admission
         check = verifier or self.verifier
         window = None
         if self.travel_window_seconds > 0:
             window = await self.store.find_travel_window(user.name, device, self.clock())
-        candidates = split_candidates(combined, await self.second.code_lengths(user))
+        # Read once for the split, the peek and the check (one store read, not three).
+        tokens = await self.second.tokens(user)
+        candidates = split_candidates(combined, await self.second.code_lengths(user, tokens))
         # Prefer the split whose suffix is a code the user can use right now.
         chosen: tuple[str, str] | None = None
         for password, code in candidates:
-            if (await self.second.peek(user, code)).ok:
+            if (await self.second.peek(user, code, tokens)).ok:
                 chosen = (password, code)
                 break
         if window is not None and chosen is None:
@@ -222,7 +244,13 @@ class Authenticator:
             if outcome is not Outcome.ACCEPTED:
                 return await self._password_failed(user, source, door, outcome)
             return await self._admitted(
-                user, source, door, "window", window=window, detail={"window_id": window.id}
+                user,
+                source,
+                door,
+                "window",
+                window=window,
+                detail={"window_id": window.id},
+                clear=admission.user_failures,
             )
         if chosen is None:
             # No usable code in sight; still check the password, so that the time taken and
@@ -232,13 +260,22 @@ class Authenticator:
         outcome = await check.verify(user, password)
         if outcome is not Outcome.ACCEPTED:
             return await self._password_failed(user, source, door, outcome)
-        return await self._second_factor(user, code, source, door, device=device)
+        return await self._second_factor(
+            user,
+            code,
+            source,
+            door,
+            device=device,
+            tokens=tokens,
+            clear=admission.user_failures,
+        )
 
     # -- steps
     async def _admit(
         self, username: str, source: str, door: str
     ) -> tuple[UserRecord | None, LoginResult]:
-        lock = await self.throttle.check(username, source)
+        reset_lookup()
+        lock, user_failures = await self.throttle.admit(username, source)
         if lock is not None:
             refused = await self._refuse(
                 username, source, door, f"{lock.scope}_locked", count=False, factor=None
@@ -251,7 +288,7 @@ class Authenticator:
             )
         if not user.enabled:
             return None, await self._refuse(username, source, door, "disabled", factor=None)
-        return user, LoginResult(True, "admitted", user)
+        return user, LoginResult(True, "admitted", user, user_failures=user_failures)
 
     async def _password_failed(
         self, user: UserRecord, source: str, door: str, outcome: Outcome
@@ -283,8 +320,10 @@ class Authenticator:
         device: str | None,
         first: str = "password",
         extra: dict[str, JsonValue] | None = None,
+        tokens: list[TokenRecord] | None = None,
+        clear: bool = True,
     ) -> LoginResult:
-        checked: FactorResult = await self.second.verify(user, code)
+        checked: FactorResult = await self.second.verify(user, code, tokens)
         if not checked.ok:
             detail: dict[str, JsonValue] = {"token_id": checked.token_id}
             if checked.drift_steps is not None:
@@ -311,7 +350,7 @@ class Authenticator:
             )
             detail["window_id"] = window.id
         return await self._admitted(
-            user, source, door, checked.factor or "otp", window, detail, first=first
+            user, source, door, checked.factor or "otp", window, detail, first=first, clear=clear
         )
 
     async def _admitted(
@@ -324,6 +363,7 @@ class Authenticator:
         detail: dict[str, JsonValue],
         *,
         first: str = "password",
+        clear: bool = True,
     ) -> LoginResult:
         # A login inside an SSH tunnel ("ssh") was held, if at all, when the tunnel logged in.
         for hold in self.holds if factor != "ssh" else ():
@@ -332,8 +372,16 @@ class Authenticator:
                 return await self._refuse(
                     user.name, source, door, reason, factor="hold", count=False
                 )
-        await self.throttle.success(user.name)
+        if clear:
+            # Rule 5 of roamgate.auth.lockout. With no failure on record when this login was
+            # admitted there is nothing to clear: a store write saved. A failure made meanwhile
+            # (another node) then stays counted, which is the stricter order of the two.
+            await self.throttle.success(user.name)
         detail["verifier"] = self.verifier.name
+        cached = last_lookup()
+        if cached is not None:
+            # Whether this login paid scrypt or was accepted from the verified-password cache.
+            detail["password_cache"] = cached
         try:
             await self.auditor.record(
                 "auth",

@@ -116,26 +116,50 @@ class SecondFactor:
         return codes
 
     # -- checking
-    async def code_lengths(self, user: UserRecord) -> set[int]:
+    async def tokens(self, user: UserRecord) -> list[TokenRecord]:
+        """The user's active tokens, read once for the steps of one login (see _evaluate)."""
+        return await self.store.list_tokens(user.id)
+
+    async def code_lengths(
+        self, user: UserRecord, tokens: list[TokenRecord] | None = None
+    ) -> set[int]:
         """The code lengths this user can present: their tokens' digits, and backup codes."""
-        lengths = {t.digits for t in await self.store.list_tokens(user.id)}
+        if tokens is None:
+            tokens = await self.store.list_tokens(user.id)
+        lengths = {t.digits for t in tokens}
         if await self.store.count_backup_codes(user.id):
             lengths.add(backup_codes.CODE_DIGITS)
         return lengths
 
-    async def peek(self, user: UserRecord, code: str) -> FactorResult:
+    async def peek(
+        self, user: UserRecord, code: str, tokens: list[TokenRecord] | None = None
+    ) -> FactorResult:
         """What verify would say, without using the code up."""
-        return await self._evaluate(user, code, consume=False)
+        return await self._evaluate(user, code, consume=False, tokens=tokens)
 
-    async def verify(self, user: UserRecord, code: str) -> FactorResult:
+    async def verify(
+        self, user: UserRecord, code: str, tokens: list[TokenRecord] | None = None
+    ) -> FactorResult:
         """Check a code against the user's tokens, or as a backup code; consume it if good."""
-        return await self._evaluate(user, code, consume=True)
+        return await self._evaluate(user, code, consume=True, tokens=tokens)
 
-    async def _evaluate(self, user: UserRecord, code: str, *, consume: bool) -> FactorResult:
+    async def _evaluate(
+        self,
+        user: UserRecord,
+        code: str,
+        *,
+        consume: bool,
+        tokens: list[TokenRecord] | None = None,
+    ) -> FactorResult:
+        """tokens: as read earlier in the same login, to spare the store a read. Safe because
+        a code is used up only by advance_token_state's compare-and-set, which sees the
+        store's current state: a code another login used meanwhile, or a token revoked
+        meanwhile, fails it (answered as a replay), exactly as without the earlier read."""
         backup = backup_codes.parse(code)
         if backup is not None:
             return await self._backup(user, backup, consume=consume)
-        tokens = await self.store.list_tokens(user.id)
+        if tokens is None:
+            tokens = await self.store.list_tokens(user.id)
         if not tokens:
             return FactorResult(False, "no_token")
         checks = [(t, self._check(t, code)) for t in tokens]

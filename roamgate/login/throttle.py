@@ -36,6 +36,9 @@ class Throttle:
         self.store = store
         self.auditor = auditor
         self.clock = clock
+        # Told the user's name at each failure counted against them (the password cache
+        # forgets them); must not block or raise.
+        self.user_failure_listeners: list[Callable[[str], None]] = []
         self.apply(settings)
 
     def apply(self, settings: Lockout) -> None:
@@ -55,21 +58,27 @@ class Throttle:
 
     async def check(self, user: str | None, source: str | None) -> LockState | None:
         """The lock that refuses this attempt, if any (source first: it covers every user)."""
+        return (await self.admit(user, source))[0]
+
+    async def admit(self, user: str | None, source: str | None) -> tuple[LockState | None, bool]:
+        """check(), and whether the user has failures on record (a success must clear them)."""
         now = self.clock()
-        if source is not None:
-            rec = await self.store.get_throttle("source", source_key(source))
+        # One store read for both (a login's first question, asked at every login).
+        by_user, by_source = await self.store.get_login_throttles(
+            user, source_key(source) if source is not None else None
+        )
+        on_record = by_user is not None
+        for rec in (by_source, by_user):
             if rec is not None and is_locked(rec.locked_until, rec.hard_locked, now):
-                return _state(rec)
-        if user is not None:
-            rec = await self.store.get_throttle("user", user)
-            if rec is not None and is_locked(rec.locked_until, rec.hard_locked, now):
-                return _state(rec)
-        return None
+                return _state(rec), on_record
+        return None, on_record
 
     async def failure(self, user: str | None, source: str | None, door: str | None) -> None:
         """Count a failed attempt against the user (if they exist) and the source network."""
         now = self.clock()
         if user is not None:
+            for listener in self.user_failure_listeners:
+                listener(user)
             rec = await self.store.record_failure("user", user, now)
             await self._maybe_lock(rec, self.user_policy, now, user, source, door)
         if source is not None:

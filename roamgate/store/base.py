@@ -310,6 +310,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def get_throttle(self, scope: ThrottleScope, key: str) -> ThrottleRecord | None: ...
 
+    async def get_login_throttles(
+        self, user: str | None, source: str | None
+    ) -> tuple[ThrottleRecord | None, ThrottleRecord | None]:
+        """The user's and the source's records at once (one round trip where the backend can)."""
+        return (
+            await self.get_throttle("user", user) if user is not None else None,
+            await self.get_throttle("source", source) if source is not None else None,
+        )
+
     @abc.abstractmethod
     async def record_failure(
         self, scope: ThrottleScope, key: str, now: float, *, forget_before: float | None = None

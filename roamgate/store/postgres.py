@@ -398,6 +398,18 @@ class PostgresStore(Store):
         )
         return _throttle(row) if row else None
 
+    async def get_login_throttles(
+        self, user: str | None, source: str | None
+    ) -> tuple[ThrottleRecord | None, ThrottleRecord | None]:
+        rows = await self._all(
+            f"SELECT {_THROTTLE_COLS} FROM throttle WHERE (scope = 'user' AND key = $1)"
+            " OR (scope = 'source' AND key = $2)",
+            user,
+            source,
+        )
+        found = {(r[0], r[1]): _throttle(r) for r in rows}
+        return found.get(("user", user)), found.get(("source", source))
+
     async def record_failure(
         self, scope: ThrottleScope, key: str, now: float, *, forget_before: float | None = None
     ) -> ThrottleRecord:

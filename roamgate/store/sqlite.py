@@ -119,17 +119,29 @@ class SqliteStore(Store):
         await self._conn.close()
 
     # -- helpers
-    async def _execute(self, sql: str, params: Sequence[Any]) -> tuple[list[sqlite3.Row], int]:
+    async def _execute(
+        self, sql: str, params: Sequence[Any], *, rows: bool = True
+    ) -> tuple[list[sqlite3.Row], int]:
         if self._tx_owner is not None and self._tx_owner is asyncio.current_task():
-            return await self._execute_now(sql, params)
+            return await self._execute_now(sql, params, rows=rows)
         async with self._lock:
-            return await self._execute_now(sql, params)
+            return await self._execute_now(sql, params, rows=rows)
 
-    async def _execute_now(self, sql: str, params: Sequence[Any]) -> tuple[list[sqlite3.Row], int]:
+    async def _execute_now(
+        self, sql: str, params: Sequence[Any], *, rows: bool = True
+    ) -> tuple[list[sqlite3.Row], int]:
+        """One statement. Every await is a trip to aiosqlite's thread and back (a queue, a
+        wake-up, a callback into the loop): a statement whose rows are wanted takes one
+        (execute_fetchall), one whose changed-row count is wanted two (execute, close); not
+        three (execute, fetchall, close), which was a sixth of a login's CPU."""
         try:
-            async with self._conn.execute(sql, params) as cur:
-                rows = list(await cur.fetchall())
-                return rows, cur.rowcount
+            if rows:
+                return list(await self._conn.execute_fetchall(sql, params)), -1
+            cur = await self._conn.execute(sql, params)
+            try:
+                return [], cur.rowcount
+            finally:
+                await cur.close()
         except sqlite3.IntegrityError as exc:
             raise DuplicateError(str(exc)) from None
         except sqlite3.Error as exc:
@@ -144,7 +156,12 @@ class SqliteStore(Store):
 
     async def _run(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Execute one statement; return the number of rows changed."""
-        return (await self._execute(sql, params))[1]
+        return (await self._execute(sql, params, rows=False))[1]
+
+    async def _write(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """A write whose changed-row count nobody needs: one trip, not _run's two. (Writes on
+        a login's path that need the count say RETURNING and count the rows.)"""
+        await self._execute(sql, params)
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[None]:
@@ -153,13 +170,13 @@ class SqliteStore(Store):
             try:
                 # IMMEDIATE takes the write lock up front: two processes never both read
                 # the same state and then both write.
-                await self._execute_now("BEGIN IMMEDIATE", ())
+                await self._execute_now("BEGIN IMMEDIATE", (), rows=False)
                 try:
                     yield
                 except BaseException:
                     await self._conn.execute("ROLLBACK")
                     raise
-                await self._execute_now("COMMIT", ())
+                await self._execute_now("COMMIT", (), rows=False)
             finally:
                 self._tx_owner = None
 
@@ -335,12 +352,12 @@ class SqliteStore(Store):
         return n == 1
 
     async def advance_token_state(self, token_id: str, new_state: int, now: float) -> bool:
-        n = await self._run(
+        rows = await self._all(
             "UPDATE tokens SET state = ?, last_used_at = ? WHERE id = ? AND revoked_at IS NULL"
-            " AND (state IS NULL OR state < ?)",
+            " AND (state IS NULL OR state < ?) RETURNING id",
             (new_state, now, token_id, new_state),
         )
-        return n == 1
+        return len(rows) == 1
 
     # -- backup codes
     async def replace_backup_codes(
@@ -384,6 +401,17 @@ class SqliteStore(Store):
         )
         return _throttle(row) if row else None
 
+    async def get_login_throttles(
+        self, user: str | None, source: str | None
+    ) -> tuple[ThrottleRecord | None, ThrottleRecord | None]:
+        rows = await self._all(
+            f"SELECT {_THROTTLE_COLS} FROM throttle WHERE (scope = 'user' AND key = ?)"
+            " OR (scope = 'source' AND key = ?)",
+            (user, source),
+        )
+        found = {(r[0], r[1]): _throttle(r) for r in rows}
+        return found.get(("user", user)), found.get(("source", source))
+
     async def record_failure(
         self, scope: ThrottleScope, key: str, now: float, *, forget_before: float | None = None
     ) -> ThrottleRecord:
@@ -411,8 +439,10 @@ class SqliteStore(Store):
         )
 
     async def clear_throttle(self, scope: ThrottleScope, key: str) -> bool:
-        n = await self._run("DELETE FROM throttle WHERE scope = ? AND key = ?", (scope, key))
-        return n == 1
+        rows = await self._all(
+            "DELETE FROM throttle WHERE scope = ? AND key = ? RETURNING key", (scope, key)
+        )
+        return len(rows) == 1
 
     async def list_throttles(self, scope: ThrottleScope | None = None) -> list[ThrottleRecord]:
         if scope is None:
@@ -582,7 +612,7 @@ class SqliteStore(Store):
     # -- sessions
     async def open_session(self, session: SessionRecord) -> None:
         try:
-            await self._run(
+            await self._write(
                 f"INSERT INTO sessions ({_SESSION_COLS}) VALUES"
                 " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -611,7 +641,7 @@ class SqliteStore(Store):
     async def touch_session(
         self, session_id: str, now: float, bytes_in: int, bytes_out: int
     ) -> None:
-        await self._run(
+        await self._write(
             "UPDATE sessions SET last_seen_at = ?, bytes_in = ?, bytes_out = ?"
             " WHERE id = ? AND ended_at IS NULL",
             (now, bytes_in, bytes_out, session_id),
@@ -620,12 +650,12 @@ class SqliteStore(Store):
     async def close_session(
         self, session_id: str, now: float, reason: str, bytes_in: int, bytes_out: int
     ) -> bool:
-        n = await self._run(
+        rows = await self._all(
             "UPDATE sessions SET ended_at = ?, last_seen_at = ?, end_reason = ?, bytes_in = ?,"
-            " bytes_out = ? WHERE id = ? AND ended_at IS NULL",
+            " bytes_out = ? WHERE id = ? AND ended_at IS NULL RETURNING id",
             (now, now, reason, bytes_in, bytes_out, session_id),
         )
-        return n == 1
+        return len(rows) == 1
 
     async def request_session_end(self, session_id: str, now: float) -> bool:
         n = await self._run(

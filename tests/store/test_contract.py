@@ -557,3 +557,24 @@ async def test_devices(store: Store) -> None:
         ("dev_2", T0 + 7),
         ("dev_3", None),
     ]
+
+
+async def test_login_throttles_are_read_together(store: Store) -> None:
+    assert await store.get_login_throttles("judy", "192.0.2.9") == (None, None)
+    await store.record_failure("user", "judy", T0)
+    await store.record_failure("source", "192.0.2.9", T0 + 1)
+    # A record of the other scope under the same key is not mistaken for the asked one.
+    await store.record_failure("source", "judy", T0 + 2)
+    await store.set_lock("user", "192.0.2.9", T0 + 60, False)
+    by_user, by_source = await store.get_login_throttles("judy", "192.0.2.9")
+    assert by_user == await store.get_throttle("user", "judy")
+    assert by_source == await store.get_throttle("source", "192.0.2.9")
+    assert by_user is not None and (by_user.scope, by_user.key, by_user.failures) == (
+        "user",
+        "judy",
+        1,
+    )
+    assert by_source is not None and by_source.last_failure_at == T0 + 1
+    assert await store.get_login_throttles(None, "192.0.2.9") == (None, by_source)
+    assert await store.get_login_throttles("judy", None) == (by_user, None)
+    assert await store.get_login_throttles("nobody", "192.0.2.10") == (None, None)
