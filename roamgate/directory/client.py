@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
@@ -97,6 +98,13 @@ class DirectoryConnection:
             conn.set_option(ldap.OPT_X_TLS_NEWCTX, 0)  # last: makes the TLS context from the above
         except (ldap.LDAPError, ValueError) as exc:
             raise DirectoryError("config", f"cannot set up {s.url}: {_describe(exc)}") from None
+        if urlsplit(s.url).scheme == "ldaps":
+            try:
+                _probe_ldaps(s)
+            except DirectoryError:
+                with contextlib.suppress(ldap.LDAPError):
+                    conn.unbind_s()
+                raise
         self.conn = conn
         try:
             if s.start_tls:
@@ -383,6 +391,39 @@ def _describe(exc: BaseException) -> str:
         extra = info.get("info")
         return f"{text} ({extra})" if extra else text
     return str(exc) or type(exc).__name__
+
+
+def _probe_ldaps(s: LdapSettings) -> None:
+    """Connect and finish a verified TLS handshake with the LDAPS port, within the timeout.
+
+    libldap 2.5 bounds the TCP connect (OPT_NETWORK_TIMEOUT) but not the TLS handshake after
+    it: a port that accepts and never answers (a balancer whose directory is down) left the
+    worker thread spinning for good. Python's ssl bounds both, so a silent server fails here
+    in timeout_seconds, and a certificate it would refuse is named as a TLS failure. (StartTLS
+    is bounded by libldap's operation timeout.)
+    """
+    parts = urlsplit(s.url)
+    host, port = parts.hostname or "", parts.port or 636
+    ctx = ssl.create_default_context(cafile=str(s.ca_file) if s.ca_file else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        with (
+            socket.create_connection((host, port), timeout=s.timeout_seconds) as raw,
+            ctx.wrap_socket(raw, server_hostname=host),
+        ):
+            pass
+    except ssl.SSLCertVerificationError as exc:
+        raise DirectoryError(
+            "tls", f"{s.url}: TLS failed: {exc.verify_message or 'certificate not trusted'}"
+        ) from None
+    except ssl.SSLError as exc:
+        raise DirectoryError("tls", f"{s.url}: TLS handshake failed ({exc.reason})") from None
+    except TimeoutError:
+        raise DirectoryError(
+            "unreachable", f"{s.url}: no TLS answer within {s.timeout_seconds} s"
+        ) from None
+    except OSError as exc:
+        raise DirectoryError("unreachable", f"{s.url}: {exc.strerror or exc}") from None
 
 
 def _down(s: LdapSettings, exc: BaseException) -> DirectoryError:

@@ -1,17 +1,19 @@
 """The directory seen from the event loop: blocking calls in a bounded pool, decisions, a cache.
 
-python-ldap blocks, so every operation runs in this object's own worker threads (at most
-ldap.max_connections at a time, so a hung directory cannot take the default executor's
-threads from scrypt or imaplib) and is abandoned after a bounded wait.
+python-ldap blocks, so every operation runs in a daemon thread of this object's own (at most
+ldap.max_connections at work at a time, so a hung directory cannot take the default executor's
+threads from scrypt or imaplib) and is abandoned after a bounded wait. Daemon threads, not a
+ThreadPoolExecutor: a thread stuck in libldap must never keep the process from exiting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -28,6 +30,9 @@ log = logging.getLogger("roamgate.directory")
 T = TypeVar("T")
 
 CallbackPolicyName = str
+
+# A sync's budget in timeout_seconds: one per page or group search, with room (10 s -> 10 min).
+SYNC_STEPS = 60
 
 
 @dataclass(frozen=True)
@@ -46,9 +51,8 @@ class Directory:
     ) -> None:
         self.settings = settings
         self._password = settings.bind_password.text().rstrip("\r\n")
-        self._pool = ThreadPoolExecutor(
-            max_workers=settings.max_connections, thread_name_prefix="ldap"
-        )
+        self._slots = threading.BoundedSemaphore(settings.max_connections)
+        self._closed = False
         self._allowed = [normalize_dn(g) for g in settings.groups]
         self._profiles = [(normalize_dn(g), p) for g, p in settings.profiles.items()]
         self._policies = [(normalize_dn(g), p) for g, p in settings.callback_policies.items()]
@@ -56,20 +60,49 @@ class Directory:
         self._clock = clock
 
     def close(self) -> None:
-        # Threads blocked on a dead directory end at their own timeouts.
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        # Threads blocked on a dead directory end at their own timeouts (or with the process).
+        self._closed = True
 
-    async def _run(self, fn: Callable[[DirectoryConnection], T]) -> T:
-        def work() -> T:
-            with DirectoryConnection(self.settings, self._password) as conn:
-                return fn(conn)
-
+    async def _run(self, fn: Callable[[DirectoryConnection], T], *, steps: int = 4) -> T:
+        if self._closed:
+            raise DirectoryError("closed", "the directory connection is closed")
         loop = asyncio.get_running_loop()
         # Connect, StartTLS, two binds and a few searches each have timeout_seconds; past
-        # that the answer is abandoned (the thread ends at its own timeout).
-        limit = self.settings.timeout_seconds * 4
+        # that the answer is abandoned (the thread ends at its own timeout). A sync reads
+        # every page of the population and its groups: it gets more steps.
+        limit = self.settings.timeout_seconds * steps
+        done: asyncio.Future[T] = loop.create_future()
+
+        def deliver(result: T | None, error: BaseException | None) -> None:
+            if done.done():
+                return  # abandoned: the login has failed closed already
+            if error is not None:
+                done.set_exception(error)
+            else:
+                done.set_result(result)  # type: ignore[arg-type]
+
+        def report(result: T | None, error: BaseException | None) -> None:
+            # RuntimeError: the loop has closed meanwhile; nobody waits for this answer.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(deliver, result, error)
+
+        def work() -> None:
+            if not self._slots.acquire(timeout=limit):
+                report(None, DirectoryError("busy", "every directory connection is busy"))
+                return
+            try:
+                with DirectoryConnection(self.settings, self._password) as conn:
+                    result = fn(conn)
+            except Exception as exc:  # noqa: BLE001 (handed to the waiting coroutine)
+                report(None, exc)
+                return
+            finally:
+                self._slots.release()
+            report(result, None)
+
+        threading.Thread(target=work, name="ldap", daemon=True).start()
         try:
-            return await asyncio.wait_for(loop.run_in_executor(self._pool, work), limit)
+            return await asyncio.wait_for(done, limit)
         except TimeoutError:
             raise DirectoryError("timeout", f"no answer within {limit} s") from None
 
@@ -137,7 +170,7 @@ class Directory:
         return await self._run(lambda conn: conn.find_user(name))
 
     async def all_users(self) -> list[DirectoryEntry]:
-        return await self._run(lambda conn: conn.all_users())
+        return await self._run(lambda conn: conn.all_users(), steps=SYNC_STEPS)
 
     async def probe(self) -> list[str]:
         """Connect (TLS verified), bind as the service account, read user_base; missing groups."""

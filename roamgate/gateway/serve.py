@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import importlib
 import logging
 import signal
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -31,6 +33,8 @@ from roamgate.gateway.reload import read_new_config
 from roamgate.login.password_cache import PasswordCache
 from roamgate.runtime import Runtime, SetupError, open_runtime
 from roamgate.store.base import JsonValue
+
+_BIND_ERRNOS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
 
 log = logging.getLogger("roamgate.serve")
 
@@ -125,7 +129,11 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None) -> None:
                     try:
                         door = await factory(rt, listener)
                     except OSError as exc:
-                        # Port taken, address not on this host: say which listener, no traceback.
+                        # Port taken, address not on this host, a low port without the
+                        # capability: say which listener, no traceback. (A certificate or
+                        # file problem is no bind failure: it keeps its own message.)
+                        if exc.errno not in _BIND_ERRNOS or isinstance(exc, ssl.SSLError):
+                            raise
                         raise SetupError(
                             f"listeners.{name}: cannot listen on {listener.host}:{listener.port}:"
                             f" {exc.strerror or exc}"

@@ -52,7 +52,8 @@ def reset_lookup() -> None:
 @dataclass(frozen=True)
 class _Entry:
     digest: bytes
-    expires_at: float  # monotonic
+    verified_at: float  # monotonic; the TTL is applied at lookup, so a reload that shortens it
+    # shortens every entry's life at once
 
 
 class PasswordCache:
@@ -78,7 +79,7 @@ class PasswordCache:
         self.misses = 0
 
     def apply(self, seconds: float, size: int) -> None:
-        """New settings (SIGHUP); entries beyond the new size go now, a shorter TTL applies next."""
+        """New settings (SIGHUP); entries beyond the new size go now, a shorter TTL at once."""
         self.seconds, self.size = seconds, size
         if seconds <= 0:
             self._entries.clear()
@@ -94,7 +95,7 @@ class PasswordCache:
         digest = self._digest(user, password)
         now = self.clock()
         entry = self._entries.get(user.name)
-        if entry is not None and now < entry.expires_at:
+        if entry is not None and now < entry.verified_at + self.seconds:
             if hmac.compare_digest(entry.digest, digest):
                 self._entries.move_to_end(user.name)
                 self.hits += 1
@@ -106,7 +107,7 @@ class PasswordCache:
         _LAST_LOOKUP.set("miss")
         outcome = await self.inner.verify(user, password)
         if outcome is Outcome.ACCEPTED:
-            self._entries[user.name] = _Entry(digest, self.clock() + self.seconds)
+            self._entries[user.name] = _Entry(digest, self.clock())
             self._entries.move_to_end(user.name)
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)

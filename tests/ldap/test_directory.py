@@ -186,3 +186,33 @@ async def test_a_name_two_entries_carry_is_nobody(slapd: PrivateSlapd) -> None:
         )
     finally:
         directory.close()
+
+
+async def test_a_port_that_accepts_and_never_answers_fails_closed_in_time(
+    slapd: PrivateSlapd,
+) -> None:
+    """A balancer whose directory is down accepts TCP and says nothing: libldap alone spun in
+    the TLS handshake for good; the gateway's bounded handshake fails the login in time."""
+    import socket
+    import threading
+    import time
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        directory = Directory(
+            ldap_settings(slapd, url=f"ldaps://127.0.0.1:{port}", timeout_seconds=1)
+        )
+        try:
+            for _ in range(3):  # more than once: nothing is left stuck after the first
+                began = time.monotonic()
+                assert await _verify(directory, "alice", PASSWORDS["alice"]) == (
+                    Outcome.UNAVAILABLE,
+                    "directory_unreachable",
+                )
+                assert time.monotonic() - began < 3
+        finally:
+            directory.close()
+        deadline = time.monotonic() + 5
+        while any(t.name == "ldap" for t in threading.enumerate()):
+            assert time.monotonic() < deadline, "an ldap thread is still running"
+            await asyncio.sleep(0.1)

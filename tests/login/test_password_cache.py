@@ -124,6 +124,15 @@ async def test_an_entry_expires_after_its_ttl(rig: Rig) -> None:
     assert rig.inner.checks == 2
 
 
+async def test_a_reload_that_shortens_the_ttl_shortens_existing_entries(rig: Rig) -> None:
+    user = await rig.user()
+    await rig.cache.verify(user, PASSWORD)
+    rig.clock.advance(120)
+    rig.cache.apply(60, rig.cache.size)  # SIGHUP: 900 s -> 60 s
+    assert await rig.cache.verify(user, PASSWORD) is Outcome.ACCEPTED
+    assert rig.inner.checks == 2  # the 120 s old entry no longer counts
+
+
 async def test_a_password_change_misses_and_the_old_password_is_refused(rig: Rig) -> None:
     await rig.cache.verify(await rig.user(), PASSWORD)
     await rig.store.set_password_hash("alice", cheap_hash("new-" + PASSWORD), rig.clock())
