@@ -187,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
         "sync", parents=[cfg], help="create directory group members, disable those who left"
     )
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="disable the leavers even when they are more than ldap.sync_max_disable",
+    )
     p.set_defaults(run=directory.sync, needs="runtime")
     p = user.add_parser("directory", parents=[cfg], help="what the directory says about a user")
     p.add_argument("user")

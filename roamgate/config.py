@@ -275,6 +275,9 @@ class LdapSettings:
     # Reuse a group decision for this long (0: never); the password is never cached.
     group_cache_seconds: int = field(default=0, metadata=int_range(0, 3600))
     max_connections: int = field(default=4, metadata=int_range(1, 64))
+    # A round that would disable more users than this disables none and says so (0: no cap):
+    # an ACL that hides part of the tree, or a wrong base, should not shut out half the company.
+    sync_max_disable: int = field(default=25, metadata=int_range(0, 1_000_000))
 
 
 @dataclass(frozen=True)

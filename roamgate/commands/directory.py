@@ -22,7 +22,7 @@ def _directory(rt: Runtime) -> Directory:
 
 async def sync(rt: Runtime, args: argparse.Namespace) -> int:
     try:
-        report = await sync_users(rt, _directory(rt))
+        report = await sync_users(rt, _directory(rt), force=args.force)
     except DirectoryError as exc:
         raise CliError(f"directory not reached, nothing was changed: {exc}") from None
     if args.json:

@@ -43,7 +43,12 @@ class SyncReport:
 
 
 async def sync_users(
-    rt: Runtime, directory: Directory, *, actor: str = SYNC_ACTOR, audit_unchanged: bool = True
+    rt: Runtime,
+    directory: Directory,
+    *,
+    actor: str = SYNC_ACTOR,
+    audit_unchanged: bool = True,
+    force: bool = False,
 ) -> SyncReport:
     """One round; raises DirectoryError (nothing changed) when the directory cannot answer.
 
@@ -88,16 +93,34 @@ async def sync_users(
             " (check ldap.groups, user_base and user_filter)"
         )
         return report
+    leaving: dict[str, str] = {}
     for name, user in sorted(users.items()):
         if not user.enabled or name in members:
             continue
         found = known.get(name)
         if found is None:
-            reason = "not_in_directory"
+            leaving[name] = "not_in_directory"
         elif found.disabled:
-            reason = "disabled_in_directory"
+            leaving[name] = "disabled_in_directory"
         else:
-            reason = "not_in_group"
+            leaving[name] = "not_in_group"
+    cap = directory.settings.sync_max_disable
+    if cap and len(leaving) > cap and not force:
+        # Many leavers at once is likelier a directory that shows less than it should (an ACL,
+        # a moved base) than a mass departure: stop, say so, let an admin confirm.
+        report.warnings.append(
+            f"{len(leaving)} users would be disabled, more than ldap.sync_max_disable ({cap}):"
+            " nobody was disabled; check the directory, then run `roamgate user sync --force`"
+        )
+        await rt.auditor.record(
+            "directory_sync",
+            "fail",
+            actor=actor,
+            reason="too_many_disables",
+            detail={"members": report.members, "would_disable": len(leaving), "cap": cap},
+        )
+        return report
+    for name, reason in leaving.items():
         await set_user_enabled(rt, name, False, actor, reason=reason)
         report.disabled[name] = reason
     changed = report.created or report.enabled or report.disabled or report.updated

@@ -71,3 +71,26 @@ async def test_a_directory_that_names_no_member_disables_nobody(
         assert report.warnings and "nobody was disabled" in report.warnings[0]
         alice = await rt.store.get_user("alice")
         assert alice is not None and alice.enabled
+
+
+async def test_more_leavers_than_the_cap_disable_nobody_until_forced(
+    slapd: PrivateSlapd, gateway_dir: Path, clock: FakeClock
+) -> None:
+    cfg = load_config(_config(gateway_dir, slapd, "  sync_max_disable: 1\n"))
+    async with open_runtime(cfg, clock=clock) as rt:
+        for name in ("x1", "x2"):  # gateway users the directory does not know
+            await rt.store.add_user(name, clock())
+        assert rt.directory is not None
+        report = await sync_users(rt, rt.directory)
+        assert report.disabled == {} and "nobody was disabled" in report.warnings[0]
+        assert "sync_max_disable (1)" in report.warnings[0] and "--force" in report.warnings[0]
+        assert sorted(report.created) == ["alice", "bob", "erin"]  # members are still made
+        for name in ("x1", "x2"):
+            user = await rt.store.get_user(name)
+            assert user is not None and user.enabled
+        [stopped] = [
+            a for a in await rt.store.query_audit(kind="directory_sync") if a.result == "fail"
+        ]
+        assert stopped.reason == "too_many_disables" and stopped.detail["would_disable"] == 2
+        report = await sync_users(rt, rt.directory, force=True)
+        assert report.disabled == {"x1": "not_in_directory", "x2": "not_in_directory"}
