@@ -251,3 +251,44 @@ def test_no_password_reaches_logs_or_audit(gw: DirectoryGateway, slapd: PrivateS
     for code in gw.handed_out:
         assert f'"{code}"' not in text
     assert Path(gw.config).read_text().count(SERVICE_PW) == 0
+
+
+def test_leaving_the_group_ends_a_live_ssh_session_too(
+    gw: DirectoryGateway, slapd: PrivateSlapd, tmp_path: Path
+) -> None:
+    """OpenSSH with the directory password and a code; out of the group, the connection ends."""
+    from roamgate.config import load_config
+    from roamgate.demo.dovecot import free_port
+    from tests.ssh.conftest import ASKPASS, Mailbox, SshGateway
+
+    listener = load_config(gw.config).listeners.ssh
+    assert listener is not None
+    gw.ssh_port = listener.port
+    (tmp_path / "askpass").write_text(ASKPASS)
+    (tmp_path / "askpass").chmod(0o755)
+    key = (gw.dir / "ssh_host_ed25519_key.pub").read_text().split()
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{gw.ssh_port} {key[0]} {key[1]}\n")
+    door = SshGateway(gw, Mailbox(), 0, known_hosts, tmp_path)
+    local = free_port()
+    member = f"dn: {MEMBERS_GROUP}\nchangetype: modify\n%s: member\nmember: uid=alice,{PEOPLE}\n"
+    try:
+        with door.openssh_tunnel(
+            "alice", PASSWORDS["alice"], gw.code("alice"), f"127.0.0.1:{local}:imap:143"
+        ) as (proc, answers):
+            assert proc.poll() is None, (answers / "ssh.log").read_text()
+            slapd.modify(member % "delete")
+            # The sync disables alice, the door's session check ends the connection.
+            proc.wait(timeout=SYNC_SECONDS + SESSION_CHECK_SECONDS + 10)
+        logins = [e for e in gw.events("auth", "alice") if e["door"] == "ssh"]
+        assert logins and logins[-1]["result"] == "ok"
+        assert logins[-1]["detail"]["verifier"] == "ldap"  # type: ignore[index]
+        assert gw.events("user_disable", "alice")[-1]["actor"] == "directory-sync"
+        closes = [e for e in gw.events("session_close", "alice") if e["door"] == "ssh"]
+        assert closes and closes[-1]["reason"] == "revoked"
+    finally:
+        slapd.modify(member % "add")
+        deadline = time.monotonic() + SYNC_SECONDS + 8
+        while time.monotonic() < deadline and not _enabled(gw)["alice"]:
+            time.sleep(0.3)
+    assert _enabled(gw)["alice"]
