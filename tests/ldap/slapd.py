@@ -36,7 +36,10 @@ def _program(name: str) -> str:
             return str(path)
     found = shutil.which(name)
     if found is None:
-        pytest.skip(f"{name} is not installed (apt-get install slapd ldap-utils)")
+        # A failure, not a skip: `make test` installs it (deploy/dev/install-peers.sh).
+        pytest.fail(
+            f"{name} is not installed: `make test` installs it (deploy/dev/install-peers.sh)"
+        )
     return found
 
 
