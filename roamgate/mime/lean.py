@@ -573,7 +573,9 @@ class LeanRenderer:
         text = charsets.decode_text(decoded, info.charset)
         if is_html:
             text = html_text.html_to_text(text, max_chars=self._budget + 1024)
-        data = text.replace("\r\n", "\n").encode("utf-8")
+        # Counted as sent: in CRLF lines (the budget is of bytes on the link, and a body of
+        # short lines grows by one byte a line; hypothesis found the overrun).
+        data = text.replace("\r\n", "\n").encode("utf-8").replace(b"\n", _CRLF)
         kept = _cut(data, self._budget)
         self._budget = max(0, self._budget - len(kept))
         left_out = len(data) - len(kept)
@@ -582,7 +584,7 @@ class LeanRenderer:
             # bytes seen in the part that was (it covers base64, QP and charset changes).
             ratio = len(data) / max(1, len(raw))
             left_out += int((hold.size - len(raw)) * ratio)
-        body = kept.replace(b"\n", _CRLF)
+        body = kept
         if left_out > 0:
             self.report.truncated.append((info.section, left_out))
             if not body.endswith(_CRLF):
@@ -668,9 +670,9 @@ def _cut(data: bytes, budget: int) -> bytes:
     nl = head.rfind(b"\n")
     if nl >= budget * 3 // 4:
         return head[: nl + 1]
-    # Back off to a character boundary (never split a UTF-8 sequence).
+    # Back off to a character boundary (never split a UTF-8 sequence, nor a CRLF).
     end = budget
-    while end > 0 and (data[end] & 0xC0) == 0x80:
+    while end > 0 and ((data[end] & 0xC0) == 0x80 or data[end - 1 : end + 1] == _CRLF):
         end -= 1
     return data[:end]
 
