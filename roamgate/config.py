@@ -185,6 +185,9 @@ class SubmissionSettings:
     spool_memory_bytes: int = field(default=256 << 10, metadata=int_range(0, 64 << 20))
     # Where spool files go (default: the system's temporary directory).
     spool_dir: Path | None = None
+    # All messages on disk at once, on this node: past it a message is refused with 452 4.3.1
+    # (temporary) instead of filling the disk the audit log and the store live on.
+    spool_max_bytes: int = field(default=1 << 30, metadata=int_range(1 << 20, 1 << 40))
     login_grace_seconds: int = field(default=120, metadata=int_range(10, 600))
     idle_timeout_seconds: int = field(default=300, metadata=int_range(30, 3600))
     max_connections: int = field(default=500, metadata=int_range(1, 100000))
@@ -495,6 +498,13 @@ def _cross_checks(cfg: Config, lines: dict[str, int], *, key_files: bool) -> lis
         at("submission.upstream_login", "relay needs relay_user and relay_password_file")
     if sub.sender_domain is not None and not _DOMAIN.fullmatch(sub.sender_domain):
         at("submission.sender_domain", f"expected a domain name, got {sub.sender_domain!r}")
+    largest = max([sub.max_message_bytes, *(u.max_message_bytes or 0 for u in sub.users.values())])
+    if sub.spool_max_bytes < largest:
+        at(
+            "submission.spool_max_bytes",
+            f"{sub.spool_max_bytes} is less than the largest message allowed ({largest}):"
+            " such a message could never be taken",
+        )
     for name, own in sub.users.items():
         for n, address in enumerate(own.senders):
             if not _ADDRESS.fullmatch(address):

@@ -13,6 +13,7 @@ from roamgate.audit import Auditor
 from roamgate.callback.service import CallbackService
 from roamgate.config import Config
 from roamgate.directory.service import Directory
+from roamgate.gateway.submission_spool import DiskBudget
 from roamgate.login.authenticator import Authenticator
 from roamgate.login.password_cache import PasswordCache, cache_passwords
 from roamgate.login.second_factor import SecondFactor
@@ -42,6 +43,11 @@ class Runtime:
     # This process's Prometheus metrics (a registry per runtime, so runtimes never collide).
     metrics: Metrics = field(default_factory=Metrics)
     directory: Directory | None = None  # the corporate directory, when ldap: is configured
+    # Messages each user has begun (MAIL FROM accepted) on this node's submission doors and
+    # not yet finished: the hourly limit counts them, so parallel connections cannot race it.
+    submissions_in_flight: dict[str, int] = field(default_factory=dict)
+    # The disk every submission spool of this node holds (submission.spool_max_bytes).
+    spool_disk: DiskBudget = field(default_factory=DiskBudget)
 
 
 def load_secret_box(cfg: Config) -> SecretBox:

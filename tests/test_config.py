@@ -404,7 +404,8 @@ def test_submission_errors_name_file_line_and_key(tmp_path: Path) -> None:
     # A submission door needs an upstream.smtp; relay needs its account; addresses are checked.
     text = _with_submission("  submission:\n    port: 10587\n") + (
         "submission:\n  upstream_login: relay\n  sender_domain: 'bad domain'\n"
-        "  users:\n    bob: {senders: [not-an-address]}\n"
+        "  spool_max_bytes: 30000000\n"
+        "  users:\n    bob: {senders: [not-an-address], max_message_bytes: 40000000}\n"
     )
     p = _write(tmp_path, text)
     errors = _errors(p)
@@ -414,6 +415,12 @@ def test_submission_errors_name_file_line_and_key(tmp_path: Path) -> None:
     assert any("submission.upstream_login: relay needs relay_user" in e for e in errors)
     assert any("submission.sender_domain: expected a domain name" in e for e in errors)
     assert any("submission.users.bob.senders.0: expected an address" in e for e in errors)
+    # bob may send 40 MB: a spool of 30 MB could never take his message.
+    assert any(
+        "submission.spool_max_bytes: 30000000 is less than the largest message allowed (40000000)"
+        in e
+        for e in errors
+    )
 
 
 def test_plaintext_upstream_smtp_only_on_loopback(tmp_path: Path) -> None:

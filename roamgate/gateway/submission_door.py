@@ -36,6 +36,7 @@ from roamgate.gateway.smtp_upstream import Reply, UpstreamSmtp, UpstreamSmtpErro
 from roamgate.gateway.submission_policy import (
     MESSAGE_TOO_LARGE,
     NOT_AUTHENTICATED,
+    SPOOL_FULL,
     TOO_MANY_MESSAGES,
     USER_DISABLED,
     HeaderScanner,
@@ -263,6 +264,7 @@ class SubmissionSession(SMTP):
         self._spool: Spool | None = None  # the message being received, if any
         self._abandon_recorded = False
         self._bdat: tuple[Spool, HeaderScanner] | None = None
+        self._slot_user: str | None = None  # whose in-flight count this session's message holds
         self._refused: str | None = None
         self._hold: contextlib.ExitStack | None = None
         self._grace: asyncio.TimerHandle | None = None
@@ -325,6 +327,7 @@ class SubmissionSession(SMTP):
             upstream, self.upstream = self.upstream, None
             self.door.spawn(upstream.quit(), "upstream-quit")
         self._password = None
+        self._release_slot()
         self.door.session_removed(self)
         super().connection_lost(error)
 
@@ -650,6 +653,12 @@ class SubmissionSession(SMTP):
         if self.upstream is not None:
             await self._upstream_command("RSET")
 
+    def _no_room_for(self, size: int) -> bool:
+        """A message of the SIZE the client announced would not fit on the spool disk now."""
+        if size <= self.settings.spool_memory_bytes:
+            return False
+        return self.rt.spool_disk.used + size > self.settings.spool_max_bytes
+
     def _size_limit(self) -> int:
         assert self.rules is not None
         limit = self.rules.max_message_bytes
@@ -683,6 +692,9 @@ class SubmissionSession(SMTP):
             key, _, value = option.partition("=")
             if key == "SIZE" and value.isdigit() and int(value) > self._size_limit():
                 return await self._refuse(MESSAGE_TOO_LARGE, sender=address, size=int(value))
+            if key == "SIZE" and value.isdigit() and self._no_room_for(int(value)):
+                return await self._refuse(SPOOL_FULL, sender=address, size=int(value))
+        self._release_slot()  # a second MAIL FROM replaces the first (aiosmtpd refuses it)
         sent = await self.rt.store.query_audit(
             user_name=self.user.name,
             kind="submission_message",
@@ -690,8 +702,14 @@ class SubmissionSession(SMTP):
             since=self.rt.clock() - 3600,
             limit=self.rules.max_messages_per_hour,
         )
-        if len(sent) >= self.rules.max_messages_per_hour:
-            return await self._refuse(TOO_MANY_MESSAGES, sender=address, sent=len(sent))
+        # Count and take the slot with no await between: the event loop makes it atomic on
+        # this node (other nodes' messages count once they are audited).
+        in_flight = self.rt.submissions_in_flight.get(self.user.name, 0)
+        if len(sent) + in_flight >= self.rules.max_messages_per_hour:
+            return await self._refuse(
+                TOO_MANY_MESSAGES, sender=address, sent=len(sent), in_flight=in_flight
+            )
+        self._take_slot(self.user.name)
         caps = self.door.upstream_caps
         params = [
             o
@@ -701,11 +719,11 @@ class SubmissionSession(SMTP):
         ]
         command = " ".join([f"MAIL FROM:<{address}>", *params])
         reply = await self._upstream_command(command, retry=True)
-        if isinstance(reply, str):
-            return reply
-        if reply.ok:
-            envelope.mail_from = address
-            envelope.mail_options.extend(mail_options)
+        if isinstance(reply, str) or not reply.ok:
+            self._release_slot()
+            return reply if isinstance(reply, str) else reply.wire()
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
         return reply.wire()
 
     async def handle_RCPT(
@@ -745,6 +763,28 @@ class SubmissionSession(SMTP):
     def _reset_envelope(self) -> None:
         self.envelope = self._create_envelope()
 
+    def _create_envelope(self) -> Envelope:
+        # aiosmtpd makes a new envelope at every reset (RSET, EHLO, HELO, after DATA) and
+        # this door after DATA and BDAT LAST: the message begun is over, sent or not.
+        self._release_slot()
+        return Envelope()
+
+    def _take_slot(self, user: str) -> None:
+        counts = self.rt.submissions_in_flight
+        counts[user] = counts.get(user, 0) + 1
+        self._slot_user = user
+
+    def _release_slot(self) -> None:
+        user, self._slot_user = self._slot_user, None
+        if user is None:
+            return
+        counts = self.rt.submissions_in_flight
+        left = counts.get(user, 0) - 1
+        if left > 0:
+            counts[user] = left
+        else:
+            counts.pop(user, None)
+
     def _drop_bdat(self) -> None:
         self._spool = None
         if self._bdat is not None:
@@ -756,6 +796,8 @@ class SubmissionSession(SMTP):
             memory_bytes=self.settings.spool_memory_bytes,
             directory=self.settings.spool_dir,
             limit=self._size_limit(),
+            disk=self.rt.spool_disk,
+            disk_limit=self.settings.spool_max_bytes,
         )
 
     async def _ready_for_data(self, arg: str | None, verb: str) -> bool:
@@ -868,8 +910,8 @@ class SubmissionSession(SMTP):
         except asyncio.IncompleteReadError:
             return  # the client went away mid-chunk: connection_lost records it
         if not last:
-            if spool.overflow:
-                reply = await self._oversize(spool)
+            if spool.overflow or spool.no_space:
+                reply = await self._not_kept(spool)
                 self._drop_bdat()
                 self._reset_envelope()
                 await self.push(reply)
@@ -890,16 +932,25 @@ class SubmissionSession(SMTP):
         while size > 0:
             size -= len(await self._reader.readexactly(min(size, 64 * 1024)))
 
-    async def _oversize(self, spool: Spool) -> str:
-        await self._audit_message("fail", MESSAGE_TOO_LARGE.reason, spool.size)
+    async def _not_kept(self, spool: Spool) -> str:
+        """The message outgrew its SIZE limit or the node's spool disk: refused whole."""
+        refusal = MESSAGE_TOO_LARGE if spool.overflow else SPOOL_FULL
+        if refusal is SPOOL_FULL:
+            log.warning(
+                "submission %s: spool disk full (submission.spool_max_bytes %d): message refused",
+                self.session_id,
+                self.settings.spool_max_bytes,
+            )
+        await self._audit_message("fail", refusal.reason, spool.size)
         await self._reset_upstream()
-        return MESSAGE_TOO_LARGE.reply
+        return refusal.reply
 
     async def _finish(self, spool: Spool, scanner: HeaderScanner) -> str:
         """The whole message is in: check its headers, then stream it upstream."""
         assert self.user is not None and self.rules is not None
-        if spool.overflow:
-            return await self._oversize(spool)
+        spool.seal()
+        if spool.overflow or spool.no_space:
+            return await self._not_kept(spool)
         refusal = scanner.check(self.rules)
         if refusal is not None:
             await self._audit_message("fail", refusal.reason, spool.size)

@@ -55,6 +55,9 @@ FROM_NOT_OWNED = Refusal(
 FROM_MISSING = Refusal("550 5.6.0 Message needs exactly one From: header", "from_missing")
 HEADER_TOO_LARGE = Refusal("552 5.6.0 Header section too large", "header_too_large")
 MESSAGE_TOO_LARGE = Refusal("552 5.3.4 Message size exceeds fixed maximum", "message_too_large")
+# The node's spool disk is full (submission.spool_max_bytes or the disk itself): temporary, the
+# client tries again later and nothing is lost.
+SPOOL_FULL = Refusal("452 4.3.1 Insufficient system storage, try again later", "spool_full")
 # A user disabled (by an admin or the directory sync) after they logged in sends nothing more:
 # the connection is closed after this reply.
 USER_DISABLED = Refusal(

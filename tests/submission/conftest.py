@@ -18,9 +18,12 @@ from tests.gateway.conftest import PASSWORDS, Gateway, running_gateway, wait_for
 from tests.submission.postfix import PrivatePostfix
 
 SUB_USERS = {name: PASSWORDS[name] for name in ("bob", "carol", "dave", "erin")}
+SUB_USERS["frank"] = "frank's pass 5"  # the hourly limit raced over parallel connections
 MAX_RECIPIENTS = 3
 DAVE_MAX_BYTES = 100_000
 ERIN_PER_HOUR = 2
+FRANK_PER_HOUR = 2
+SPOOL_MAX_BYTES = 30_000_000  # above the default 25 MiB message, as check-config wants
 
 
 @dataclass
@@ -84,6 +87,7 @@ def sub_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SubmissionGatew
                 users = json.dumps(
                     {
                         "erin": {"max_messages_per_hour": ERIN_PER_HOUR},
+                        "frank": {"max_messages_per_hour": FRANK_PER_HOUR},
                         "dave": {"max_message_bytes": DAVE_MAX_BYTES},
                     }
                 )
@@ -102,7 +106,8 @@ def sub_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SubmissionGatew
                     replace={
                         "  # sender_domain: example.com ": "  sender_domain: example.com ",
                         "  max_recipients: 50 ": f"  failure_delay_ms: 100\n"
-                        f"  spool_memory_bytes: 65536\n  spool_dir: {json.dumps(str(spool_dir))}\n  max_recipients: {MAX_RECIPIENTS} ",
+                        f"  spool_memory_bytes: 65536\n  spool_dir: {json.dumps(str(spool_dir))}\n"
+                        f"  spool_max_bytes: {SPOOL_MAX_BYTES}\n  max_recipients: {MAX_RECIPIENTS} ",
                         "  users: {} ": f"  users: {users} ",
                     },
                 ) as gw:

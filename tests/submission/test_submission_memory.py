@@ -1,13 +1,17 @@
-"""Many concurrent large messages cost the gateway disk, not memory (spool files, flat RSS)."""
+"""Many concurrent large messages cost the gateway disk, not memory (spool files, flat RSS), and
+never more disk than submission.spool_max_bytes."""
 
 from __future__ import annotations
 
 import os
+import smtplib
 import threading
 import time
 from pathlib import Path
 
-from tests.submission.conftest import SUB_USERS, SubmissionGateway, message
+import pytest
+
+from tests.submission.conftest import SPOOL_MAX_BYTES, SUB_USERS, SubmissionGateway, message
 
 CLIENTS = 6
 MESSAGE_BYTES = 4_000_000
@@ -30,6 +34,60 @@ def _spool_files(pid: int, spool_dir: Path) -> int:
         except OSError:
             continue  # closed meanwhile
     return count
+
+
+def _spool_bytes(pid: int, spool_dir: Path) -> int:
+    """Bytes in the gateway's open spool files."""
+    total = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if os.readlink(fd).startswith(f"{spool_dir}/"):
+                total += fd.stat().st_size
+        except OSError:
+            continue  # closed meanwhile
+    return total
+
+
+def test_a_full_spool_refuses_for_now_and_loses_nothing(sub_gw: SubmissionGateway) -> None:
+    pid = sub_gw.gw.process.pid
+    line = b"spool-budget-line-0123456789-abcdefghijklmnopqrstuvwxyz-0123456789\r\n"
+    held_body = line * (20_000_000 // len(line))  # two thirds of spool_max_bytes
+    second_body = line * (12_000_000 // len(line))
+    head = message("carol@example.com", "x@example.com", "held", "held-spool-message")
+    with sub_gw.login("carol") as held:
+        # One message is in DATA, 20 MB of it on the gateway's disk, not yet ended.
+        assert held.mail("carol@example.com")[0] == 250
+        assert held.rcpt("x@example.com")[0] == 250
+        held.putcmd("data")
+        assert held.getreply()[0] == 354
+        held.send(head + held_body)
+        deadline = time.monotonic() + 60
+        while _spool_bytes(pid, sub_gw.spool_dir) < len(held_body) - 65_536:  # less its buffer
+            assert time.monotonic() < deadline, "the held message never reached the spool"
+            time.sleep(0.05)
+        with sub_gw.login("bob") as other:
+            second = message("bob@example.com", "x@example.com", "second", "second-spool")
+            # Announced with SIZE: refused at MAIL FROM, before a byte is sent.
+            with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+                other.sendmail("bob@example.com", ["x@example.com"], second + second_body)
+            assert refused.value.smtp_code == 452 and b"4.3.1" in refused.value.smtp_error
+            # Not announced: read, then refused at the end of DATA, nothing sent on.
+            assert other.mail("bob@example.com")[0] == 250
+            assert other.rcpt("x@example.com")[0] == 250
+            code, text = other.data(second + second_body)
+            assert code == 452 and b"Insufficient system storage" in text, (code, text)
+            # The held message ends and goes through; then there is room again.
+            held.send(b".\r\n")
+            assert held.getreply()[0] == 250
+            assert other.sendmail("bob@example.com", ["x@example.com"], second + second_body) == {}
+    sub_gw.postfix.wait_for(b"held-spool-message", timeout=60)
+    sub_gw.postfix.wait_for(b"second-spool", timeout=60)
+    assert len([m for m in sub_gw.postfix.delivered() if b"second-spool" in m]) == 1
+    full = [e for e in sub_gw.events("submission", "bob") if e["reason"] == "spool_full"]
+    assert full and full[-1]["size"] == len(second) + len(second_body)
+    failed = [e for e in sub_gw.events("submission_message", "bob") if e["reason"] == "spool_full"]
+    assert failed, "the refusal at the end of DATA is audited"
+    assert f"spool_max_bytes {SPOOL_MAX_BYTES}" in sub_gw.gw.logs()
 
 
 def test_concurrent_large_messages_are_spooled_to_disk(sub_gw: SubmissionGateway) -> None:
