@@ -695,6 +695,12 @@ class SubmissionSession(SMTP):
             if key == "SIZE" and value.isdigit() and self._no_room_for(int(value)):
                 return await self._refuse(SPOOL_FULL, sender=address, size=int(value))
         self._release_slot()  # a second MAIL FROM replaces the first (aiosmtpd refuses it)
+        # The messages under way are counted and this one's place taken before the audit
+        # trail is read: one that finishes meanwhile is then counted twice (a refusal a moment
+        # early), never not at all (one message over the limit). Other nodes' messages count
+        # once they are audited.
+        in_flight = self.rt.submissions_in_flight.get(self.user.name, 0)
+        self._take_slot(self.user.name)
         sent = await self.rt.store.query_audit(
             user_name=self.user.name,
             kind="submission_message",
@@ -702,14 +708,11 @@ class SubmissionSession(SMTP):
             since=self.rt.clock() - 3600,
             limit=self.rules.max_messages_per_hour,
         )
-        # Count and take the slot with no await between: the event loop makes it atomic on
-        # this node (other nodes' messages count once they are audited).
-        in_flight = self.rt.submissions_in_flight.get(self.user.name, 0)
         if len(sent) + in_flight >= self.rules.max_messages_per_hour:
+            self._release_slot()
             return await self._refuse(
                 TOO_MANY_MESSAGES, sender=address, sent=len(sent), in_flight=in_flight
             )
-        self._take_slot(self.user.name)
         caps = self.door.upstream_caps
         params = [
             o
@@ -765,8 +768,11 @@ class SubmissionSession(SMTP):
 
     def _create_envelope(self) -> Envelope:
         # aiosmtpd makes a new envelope at every reset (RSET, EHLO, HELO, after DATA) and
-        # this door after DATA and BDAT LAST: the message begun is over, sent or not.
+        # this door after DATA and BDAT LAST: the message begun is over, sent or not, and
+        # chunks a BDAT transaction left are not carried into the next one.
         self._release_slot()
+        if self._bdat is not None:
+            self._drop_bdat()
         return Envelope()
 
     def _take_slot(self, user: str) -> None:
@@ -980,6 +986,7 @@ class SubmissionSession(SMTP):
             spool.size,
             reply,
         )
+        self._release_slot()  # audited: from here the audit trail counts it
         log.info(
             "submission %s: %s sent %d bytes to %d recipient(s): %d",
             self.session_id,

@@ -48,6 +48,8 @@ class Spool:
             prefix="roamgate-submission-",
             dir=str(directory) if directory is not None else None,
         )
+        if memory_bytes <= 0:
+            self._file.rollover()  # max_size 0 would mean "never roll over": disk from the start
 
     def write(self, data: bytes) -> None:
         if self.overflow or self.no_space:

@@ -573,8 +573,9 @@ class LeanRenderer:
         text = charsets.decode_text(decoded, info.charset)
         if is_html:
             text = html_text.html_to_text(text, max_chars=self._budget + 1024)
-        # Counted as sent: in CRLF lines (the budget is of bytes on the link, and a body of
-        # short lines grows by one byte a line; hypothesis found the overrun).
+        # Counted in CRLF lines, as the text is sent (before any quoted-printable for long
+        # lines): counted in LF lines, a body of short lines overran the budget by a byte a
+        # line (hypothesis found it).
         data = text.replace("\r\n", "\n").encode("utf-8").replace(b"\n", _CRLF)
         kept = _cut(data, self._budget)
         self._budget = max(0, self._budget - len(kept))

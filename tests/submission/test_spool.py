@@ -45,6 +45,16 @@ def test_spools_share_one_disk_budget_and_give_it_back(tmp_path: Path) -> None:
     assert disk.used == 0
 
 
+def test_no_memory_means_disk_from_the_first_byte(tmp_path: Path) -> None:
+    disk = DiskBudget()
+    spool = Spool(memory_bytes=0, directory=tmp_path, limit=8_000, disk=disk, disk_limit=10_000)
+    spool.write(b"x" * 10)
+    assert spool.on_disk and disk.used == 10
+    spool.close()
+    spool.close()  # twice: nothing given back twice
+    assert disk.used == 0
+
+
 _FULL_DISK = """
 import resource, signal, sys
 from pathlib import Path

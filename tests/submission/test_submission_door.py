@@ -76,6 +76,25 @@ def test_a_dotted_line_and_bdat_arrive_unchanged(sub_gw: SubmissionGateway) -> N
     assert ".chunked body, 8 bit: é".encode() in chunked
 
 
+def test_a_new_ehlo_drops_the_chunks_of_an_unfinished_bdat(sub_gw: SubmissionGateway) -> None:
+    # EHLO resets the transaction (RFC 5321 4.1.4): its chunks must not join the next message.
+    with sub_gw.login("carol") as client:
+        assert client.mail("carol@example.com")[0] == 250
+        assert client.rcpt("x@example.com")[0] == 250
+        stale = b"X-Stale: from-an-abandoned-bdat\r\n"
+        client.send(f"BDAT {len(stale)}\r\n".encode() + stale)
+        assert client.getreply()[0] == 250
+        assert client.ehlo()[0] == 250
+        assert client.mail("carol@example.com")[0] == 250
+        assert client.rcpt("x@example.com")[0] == 250
+        msg = message("carol@example.com", "x@example.com", "fresh", "fresh-after-ehlo")
+        client.send(f"BDAT {len(msg)} LAST\r\n".encode() + msg)
+        code, text = client.getreply()
+        assert code == 250 and b"queued as" in text, (code, text)
+    delivered = sub_gw.postfix.wait_for(b"fresh-after-ehlo")
+    assert b"from-an-abandoned-bdat" not in delivered
+
+
 def test_smtputf8_and_8bitmime_as_the_upstream_offers_them(sub_gw: SubmissionGateway) -> None:
     with sub_gw.login("carol") as client:
         for extension in ("8bitmime", "smtputf8", "chunking", "size", "enhancedstatuscodes"):
@@ -316,17 +335,35 @@ def test_parallel_connections_cannot_race_the_hourly_limit(sub_gw: SubmissionGat
         answers = [c.mail("frank@example.com") for c in clients]
         codes = [code for code, _ in answers]
         assert codes == [250] * FRANK_PER_HOUR + [450, 450], answers
-        # A message given up (RSET) frees its place for another connection.
+        # A message given up frees its place for another connection: by RSET, by a new EHLO,
+        # by a line dropped in the middle of DATA.
         assert clients[0].rset()[0] == 250
-        assert clients[-1].mail("frank@example.com")[0] == 250
-        senders = [clients[1], clients[-1]]
-        for n, client in enumerate(senders):
+        assert clients[2].mail("frank@example.com")[0] == 250
+        assert clients[1].ehlo()[0] == 250
+        assert clients[3].mail("frank@example.com")[0] == 250
+        assert clients[2].rcpt("x@example.com")[0] == 250
+        clients[2].putcmd("data")
+        assert clients[2].getreply()[0] == 354
+        clients[2].send(message("frank@example.com", "x@example.com", "cut", "frank-cut-off"))
+        cut = clients[2].sock
+        assert cut is not None
+        cut.shutdown(socket.SHUT_RDWR)  # no QUIT, no end of data: the line is gone
+        deadline = time.monotonic() + 20
+        while not [
+            e
+            for e in sub_gw.events("submission_message", "frank")
+            if e["reason"] == "client_disconnected_in_data"
+        ]:
+            assert time.monotonic() < deadline, "the dropped line was not audited"
+            time.sleep(0.1)
+        assert clients[0].mail("frank@example.com")[0] == 250
+        for n, client in enumerate([clients[0], clients[3]]):
             assert client.rcpt("x@example.com")[0] == 250
             body = f"frank-parallel-{n}"
             msg = message("frank@example.com", "x@example.com", body, body)
             assert client.data(msg)[0] == 250
         # The hour's messages are sent: no connection begins another.
-        for client in clients:
+        for client in (clients[0], clients[1], clients[3]):
             code, text = client.mail("frank@example.com")
             assert code == 450 and b"hour" in text, (code, text)
     finally:
@@ -336,8 +373,9 @@ def test_parallel_connections_cannot_race_the_hourly_limit(sub_gw: SubmissionGat
         sub_gw.postfix.wait_for(f"frank-parallel-{n}".encode())
     sent = [e for e in sub_gw.events("submission_message", "frank") if e["result"] == "ok"]
     assert len(sent) == FRANK_PER_HOUR
+    assert not [m for m in sub_gw.postfix.delivered() if b"frank-cut-off" in m]
     refused = [e for e in sub_gw.events("submission", "frank") if e["reason"] == "rate_limited"]
-    assert len(refused) == 2 + len(clients) and refused[0]["in_flight"] == FRANK_PER_HOUR
+    assert len(refused) == 2 + 3 and refused[0]["in_flight"] == FRANK_PER_HOUR
 
 
 def test_the_session_stays_usable_after_a_reset_or_a_refused_message(

@@ -53,6 +53,7 @@ def test_a_full_spool_refuses_for_now_and_loses_nothing(sub_gw: SubmissionGatewa
     line = b"spool-budget-line-0123456789-abcdefghijklmnopqrstuvwxyz-0123456789\r\n"
     held_body = line * (20_000_000 // len(line))  # two thirds of spool_max_bytes
     second_body = line * (12_000_000 // len(line))
+    assert _spool_bytes(pid, sub_gw.spool_dir) == 0, "another test left a message spooled"
     head = message("carol@example.com", "x@example.com", "held", "held-spool-message")
     with sub_gw.login("carol") as held:
         # One message is in DATA, 20 MB of it on the gateway's disk, not yet ended.
