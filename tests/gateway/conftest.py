@@ -13,7 +13,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,6 +119,23 @@ class Gateway:
     def audit(self) -> list[dict[str, object]]:
         path = self.dir / "audit.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def wait_for_audit(
+        self,
+        match: Callable[[dict[str, object]], bool],
+        *,
+        since: int = 0,
+        timeout: float = 15,
+    ) -> list[dict[str, object]]:
+        """The audit records from index `since` on that match, once there is one; an empty
+        list after `timeout`. A door writes some records (session_close) just after the
+        connection has closed, so a client may see the end before the record is there."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [e for e in self.audit()[since:] if match(e)]
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.1)
 
     def logs(self) -> str:
         return self.log_file.read_text(errors="replace")

@@ -170,15 +170,9 @@ def test_session_is_audited_with_bytes_and_duration(gateway: Gateway) -> None:
     client = gateway.login("erin")
     client.select("INBOX")
     client.logout()
-    deadline = time.monotonic() + 10
-    closes: list[dict[str, object]] = []
-    while time.monotonic() < deadline and not closes:
-        closes = [
-            e
-            for e in gateway.audit()[start:]
-            if e["kind"] == "session_close" and e.get("user") == "erin"
-        ]
-        time.sleep(0.1)
+    closes = gateway.wait_for_audit(
+        lambda e: e["kind"] == "session_close" and e.get("user") == "erin", since=start
+    )
     assert closes, "no session_close event"
     event = closes[-1]
     detail = event["detail"]

@@ -160,16 +160,17 @@ def test_filter_syntax_in_the_user_name_is_refused(gw: DirectoryGateway) -> None
 
 
 def _revoked_close(gw: DirectoryGateway, user: str, door: str | None = None) -> bool:
-    """Whether a session_close with reason revoked shows within a few seconds: the door
-    writes it after the connection has closed, so the client may see the end first."""
-    deadline = time.monotonic() + 15
-    while True:
-        closes = [e for e in gw.events("session_close", user) if door in (None, e["door"])]
-        if any(e["reason"] == "revoked" for e in closes):
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
+    """Whether a session_close with reason revoked for the user (at that door) shows."""
+    return bool(
+        gw.wait_for_audit(
+            lambda e: (
+                e["kind"] == "session_close"
+                and e["user"] == user
+                and e["reason"] == "revoked"
+                and door in (None, e["door"])
+            )
+        )
+    )
 
 
 def test_leaving_the_group_ends_the_live_session_within_the_sync_interval(
